@@ -1,0 +1,164 @@
+"""Project configuration: ``featurestore.yaml``, then the environment, then explicit arguments.
+
+Precedence (highest first): an explicit override > an environment variable
+``FEATURESTORE__SECTION__KEY`` (e.g. ``FEATURESTORE__ONLINE_STORE__URL``) > featurestore.yaml >
+the default. A bad value names every place that was looked at.
+
+    project: demo
+    registry: sqlite:///data/registry.db      # or postgresql+psycopg://user@host/db
+    definitions: [features]                   # files, directories or globs of YAML
+    offline_store: {path: data/offline}
+    online_store: {type: embedded, path: data/online.db}   # or {type: redis, url: redis://...}
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from registry.errors import ConfigError
+from registry.loader import load_yaml
+from registry.spec import NAME_HELP, NAME_RE
+
+CONFIG_FILE = "featurestore.yaml"
+ENV_PREFIX = "FEATURESTORE__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OfflineStoreConfig(_Section):
+    path: str = "data/offline"
+
+
+class OnlineStoreConfig(_Section):
+    type: Literal["embedded", "redis", "memory"] = "embedded"
+    path: str = Field("data/online.db", description="SQLite file of the embedded store.")
+    url: str = Field("redis://127.0.0.1:6379/0", description="URL of the redis store.")
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+
+
+class RepoConfig(_Section):
+    project: str
+    registry: str = "sqlite:///data/registry.db"
+    definitions: list[str] = Field(default_factory=lambda: ["features"])
+    offline_store: OfflineStoreConfig = Field(default_factory=OfflineStoreConfig)
+    online_store: OnlineStoreConfig = Field(default_factory=OnlineStoreConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    postgres_url: str | None = Field(None, description="Default connection of postgres sources.")
+    # The directory featurestore.yaml lives in; relative paths are resolved against it.
+    root: Path = Field(Path("."), exclude=True)
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, value: str) -> str:
+        if not NAME_RE.match(value):
+            raise ValueError(f"bad project name {value!r}; expected {NAME_HELP}")
+        return value
+
+    def resolve(self, path: str) -> Path:
+        """A configured path, relative paths taken from the repository root."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.root / p)
+
+    @property
+    def registry_url(self) -> str:
+        """The SQLAlchemy URL, with a relative SQLite path made absolute."""
+        prefix = "sqlite:///"
+        if self.registry.startswith(prefix) and not self.registry.startswith(prefix + "/"):
+            rest = self.registry[len(prefix):]
+            if rest and rest != ":memory:":
+                return prefix + str(self.resolve(rest).resolve())
+        return self.registry
+
+    @property
+    def offline_path(self) -> Path:
+        return self.resolve(self.offline_store.path)
+
+
+def _set(tree: dict[str, Any], dotted: list[str], value: Any) -> None:
+    for part in dotted[:-1]:
+        node = tree.get(part)
+        if not isinstance(node, dict):
+            node = {}
+            tree[part] = node
+        tree = node
+    tree[dotted[-1]] = value
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in environ.items():
+        if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
+            parts = key[len(ENV_PREFIX):].lower().split("__")
+            parsed: Any = value
+            if parts == ["definitions"]:
+                parsed = [v for v in value.split(",") if v]
+            _set(out, parts, parsed)
+    return out
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def find_repo_root(start: Path) -> Path:
+    """The nearest directory at or above ``start`` holding featurestore.yaml."""
+    start = start.resolve()
+    for candidate in (start, *start.parents):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    raise ConfigError(
+        f"no {CONFIG_FILE} found in {start} or any directory above it",
+        hint="run `featurestore init DIR` to create a repository, or pass --repo DIR",
+    )
+
+
+def load_config(
+    repo: str | Path = ".",
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> RepoConfig:
+    """Read a repository's configuration with environment and explicit overrides applied.
+
+    >>> load_config("my_repo", {"online_store": {"type": "redis"}})  # doctest: +SKIP
+    """
+    root = find_repo_root(Path(repo))
+    path = root / CONFIG_FILE
+    doc, problems = load_yaml(path, str(path))
+    if problems:
+        raise ConfigError(str(problems[0]))
+    assert doc is not None
+    if not isinstance(doc.data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings", hint="see README.md")
+    env = _env_overrides(os.environ if environ is None else environ)
+    merged = _merge(_merge(doc.data, env), overrides or {})
+    try:
+        return RepoConfig.model_validate({**merged, "root": root})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = tuple(error["loc"])
+        dotted = ".".join(str(p) for p in loc)
+        env_name = ENV_PREFIX + "__".join(str(p).upper() for p in loc)
+        line = doc.line_of(doc.resolve(loc))
+        raise ConfigError(
+            f"bad setting `{dotted}`: {error['msg'].removeprefix('Value error, ')}; "
+            f"looked in explicit arguments, the environment ({env_name}) "
+            f"and {path}{f':{line}' if line else ''}",
+            hint=f"fix `{dotted}` in {CONFIG_FILE} or unset {env_name}",
+        ) from None

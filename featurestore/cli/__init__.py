@@ -1,0 +1,1 @@
+"""The `featurestore` command line. One module per verb; see ``main.VERBS``."""

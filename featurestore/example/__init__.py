@@ -1,0 +1,1 @@
+"""The generated example: MovieLens-like data and the feature repository that uses it."""

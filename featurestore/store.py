@@ -1,0 +1,159 @@
+"""``FeatureStore``: the SDK entry point. Each method is a thin door into the module that owns
+the concept (registry, online retrieval, export, models); heavy libraries load only when the
+method that needs them is called.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import subprocess
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from featurestore.config import RepoConfig, load_config
+from featurestore.registry_cache import RegistryCache
+from registry.definitions import Definitions
+from registry.plan import Plan
+from registry.runs import MaterializationLog
+from registry.model_versions import ModelVersions
+from registry.spec import EntitySpec, FeatureServiceSpec, FeatureViewSpec
+from registry.sql_registry import SqlRegistry, VersionInfo
+from registry.validate import load_definitions
+
+if TYPE_CHECKING:
+    from featurestore.online.base import OnlineStore
+
+
+class FeatureStore:
+    """A feature repository: its configuration, registry and stores.
+
+    >>> store = FeatureStore("my_repo")  # doctest: +SKIP
+    >>> store.plan().render()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        repo_path: str | Path = ".",
+        *,
+        config_overrides: Mapping[str, Any] | None = None,
+        registry_refresh_seconds: float = 5.0,
+    ) -> None:
+        self.config: RepoConfig = load_config(repo_path, config_overrides)
+        self.repo_path = self.config.root
+        self.project = self.config.project
+        self._refresh_seconds = registry_refresh_seconds
+
+    # -- registry -----------------------------------------------------------------------------
+    @cached_property
+    def registry(self) -> SqlRegistry:
+        return SqlRegistry(self.config.registry_url, self.project)
+
+    @cached_property
+    def materialization_log(self) -> MaterializationLog:
+        return MaterializationLog(self.registry.engine, self.project)
+
+    @cached_property
+    def model_versions(self) -> ModelVersions:
+        return ModelVersions(self.registry.engine, self.project)
+
+    @cached_property
+    def registry_cache(self) -> RegistryCache:
+        return RegistryCache(
+            self.registry.head_version, self.registry.definitions, self._refresh_seconds
+        )
+
+    def validate(self) -> Definitions:
+        """Load and check the repository's YAML; raises DefinitionError listing every problem."""
+        return load_definitions(self.repo_path, self.config.definitions)
+
+    def plan(self) -> Plan:
+        return self.registry.plan(self.validate())
+
+    def apply(
+        self,
+        *,
+        allow_breaking: bool = False,
+        message: str = "",
+        expected_version: int | None = None,
+    ) -> tuple[Plan, VersionInfo | None]:
+        """Validate and apply the repository's definitions as a new registry version."""
+        definitions = self.validate()
+        result = self.registry.apply(
+            definitions,
+            allow_breaking=allow_breaking,
+            expected_version=expected_version,
+            applied_by=_who(),
+            git_commit=_git_commit(self.repo_path),
+            message=message,
+        )
+        self.registry_cache.refresh(force=True)
+        return result
+
+    def definitions(self, version: int | None = None) -> Definitions:
+        """The applied definitions: cached for the latest version, read from SQL for older ones."""
+        if version is None:
+            return self.registry_cache.get()
+        return self.registry.definitions(version)
+
+    def list_entities(self, version: int | None = None) -> list[EntitySpec]:
+        return list(self.definitions(version).entities.values())
+
+    def list_feature_views(self, version: int | None = None) -> list[FeatureViewSpec]:
+        return list(self.definitions(version).feature_views.values())
+
+    def get_feature_view(self, name: str, version: int | None = None) -> FeatureViewSpec:
+        return self.definitions(version).get("feature_view", name)  # type: ignore[no-any-return]
+
+    def list_feature_services(self, version: int | None = None) -> list[FeatureServiceSpec]:
+        return list(self.definitions(version).feature_services.values())
+
+    def registry_versions(self) -> list[VersionInfo]:
+        return self.registry.versions()
+
+    # -- stores -------------------------------------------------------------------------------
+    @cached_property
+    def online_store(self) -> "OnlineStore":
+        from featurestore.online.factory import open_online_store
+
+        return open_online_store(self.config.online_store, self.project, self.repo_path)
+
+    def close(self) -> None:
+        if "online_store" in self.__dict__:
+            self.online_store.close()
+        if "registry" in self.__dict__:
+            self.registry.close()
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _who() -> str:
+    user = os.environ.get("FEATURESTORE_USER")
+    if user:
+        return user
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _git_commit(path: Path) -> str | None:
+    """The repository's HEAD commit, suffixed ``+dirty`` when definitions have local changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=path, capture_output=True, text=True, timeout=5
+        )
+        suffix = "+dirty" if dirty.stdout.strip() else ""
+        return head.stdout.strip() + suffix
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,98 @@
+"""The SQL registry's tables (SQLAlchemy Core). The schema is owned by the Alembic migrations in
+``migrations/``; a test proves these declarations match the migration head on SQLite and
+PostgreSQL, so never change one without the other.
+
+Definitions are stored as validity intervals: an object row is valid from ``from_version`` up to
+(not including) ``to_version``; ``to_version`` is NULL while the object is current. Reading any
+past version is one indexed query, and an apply writes only what changed.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+registry_head = sa.Table(
+    "fs_registry_head",
+    metadata,
+    sa.Column("project", sa.String(63), primary_key=True),
+    # Optimistic concurrency: an apply moves this from N to N+1 with `WHERE version = N`.
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+registry_versions = sa.Table(
+    "fs_registry_versions",
+    metadata,
+    sa.Column("project", sa.String(63), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("git_commit", sa.String(64), nullable=True),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("applied_by", sa.String(255), nullable=False),
+    sa.Column("message", sa.Text, nullable=False, server_default=""),
+    sa.Column("summary", sa.Text, nullable=False, server_default=""),
+)
+
+registry_objects = sa.Table(
+    "fs_registry_objects",
+    metadata,
+    sa.Column("project", sa.String(63), primary_key=True),
+    sa.Column("kind", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(63), primary_key=True),
+    sa.Column("from_version", sa.Integer, primary_key=True),
+    sa.Column("to_version", sa.Integer, nullable=True),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("spec_hash", sa.String(64), nullable=False),
+    sa.Index("ix_fs_registry_objects_current", "project", "to_version"),
+)
+
+watermarks = sa.Table(
+    "fs_watermarks",
+    metadata,
+    sa.Column("project", sa.String(63), primary_key=True),
+    sa.Column("feature_view", sa.String(63), primary_key=True),
+    # Event time up to which (exclusive) both stores hold the view's data.
+    sa.Column("watermark", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+materializations = sa.Table(
+    "fs_materializations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("project", sa.String(63), nullable=False),
+    sa.Column("feature_view", sa.String(63), nullable=False),
+    sa.Column("start_ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("end_ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("rows_read", sa.BigInteger, nullable=False),
+    sa.Column("rows_offline", sa.BigInteger, nullable=False),
+    sa.Column("rows_online", sa.BigInteger, nullable=False),
+    sa.Column("rows_rejected", sa.BigInteger, nullable=False),
+    sa.Column("registry_version", sa.Integer, nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_fs_materializations_view", "project", "feature_view", "id"),
+)
+
+model_versions = sa.Table(
+    "fs_model_versions",
+    metadata,
+    sa.Column("project", sa.String(63), primary_key=True),
+    sa.Column("model", sa.String(63), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("registry_version", sa.Integer, nullable=False),
+    sa.Column("data_start", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("data_end", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("metrics", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("artifact", sa.Text, nullable=False, server_default=""),
+)
+
+active_models = sa.Table(
+    "fs_active_models",
+    metadata,
+    sa.Column("project", sa.String(63), primary_key=True),
+    sa.Column("model", sa.String(63), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("activated_at", sa.DateTime(timezone=True), nullable=False),
+)

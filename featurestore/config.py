@@ -41,6 +41,21 @@ class OnlineStoreConfig(_Section):
     url: str = Field("redis://127.0.0.1:6379/0", description="URL of the redis store.")
 
 
+class MaterializationConfig(_Section):
+    lookback: str = Field(
+        "1d", description="Incremental runs re-read this far behind the watermark for late data."
+    )
+    batch_rows: int = Field(65_536, ge=1_000, description="Rows per Arrow record batch.")
+
+    @field_validator("lookback")
+    @classmethod
+    def _lookback(cls, value: str) -> str:
+        from registry.types import parse_duration
+
+        parse_duration(value)
+        return value
+
+
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
@@ -53,6 +68,7 @@ class RepoConfig(_Section):
     definitions: list[str] = Field(default_factory=lambda: ["features"])
     offline_store: OfflineStoreConfig = Field(default_factory=OfflineStoreConfig)
     online_store: OnlineStoreConfig = Field(default_factory=OnlineStoreConfig)
+    materialization: MaterializationConfig = Field(default_factory=MaterializationConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     postgres_url: str | None = Field(None, description="Default connection of postgres sources.")
     # The directory featurestore.yaml lives in; relative paths are resolved against it.

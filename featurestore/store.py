@@ -112,6 +112,17 @@ class FeatureStore:
     def registry_versions(self) -> list[VersionInfo]:
         return self.registry.versions()
 
+    # -- training data ------------------------------------------------------------------------
+    def get_training_dataset(self, entity_df: Any, features: list[str] | str, **options: Any) -> Any:
+        """Point-in-time correct features for every row of ``entity_df`` (see docs/point-in-time.md).
+
+        >>> ds = store.get_training_dataset(labels_df, "item_ranking")  # doctest: +SKIP
+        >>> ds.to_pandas()  # doctest: +SKIP
+        """
+        from featurestore.export import get_training_dataset
+
+        return get_training_dataset(self.config, self.definitions(), entity_df, features, **options)
+
     # -- stores -------------------------------------------------------------------------------
     @cached_property
     def online_store(self) -> "OnlineStore":

@@ -50,7 +50,10 @@ def _message(error: dict[str, Any]) -> str:
 def _shape_issues(doc: LocatedDocument, exc: ValidationError) -> list[DefinitionIssue]:
     issues = []
     for error in exc.errors():
-        path = doc.resolve(tuple(error["loc"]))
+        loc = tuple(error["loc"])
+        if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc += ("type",)  # point at the discriminator, not the whole object
+        path = doc.resolve(loc)
         issues.append(
             DefinitionIssue(doc.file, doc.line_of(path), doc.key_name(path), _message(error))
         )
@@ -81,6 +84,7 @@ def load_definitions(root: Path, patterns: list[str]) -> Definitions:
     buckets: dict[str, dict[str, Any]] = {attr: {} for attr in KINDS.values()}
     # Names of objects that failed their own checks: a reference to one is not "unknown".
     broken: set[str] = set()
+    broken_items: list[tuple[LocatedDocument, str, int, dict[str, Any]]] = []
 
     for path in files:
         doc, problems = load_yaml(path, str(path.relative_to(root)))
@@ -105,6 +109,7 @@ def load_definitions(root: Path, patterns: list[str]) -> Definitions:
             # Keep the objects that are valid so reference checks still run on them.
             parsed = _valid_part(doc.data)
             broken.update(_invalid_names(doc.data))
+            broken_items += _invalid_items(doc, parsed)
         for kind, attr in KINDS.items():
             for index, spec in parsed.get(attr, []):
                 key = (kind, spec.name)
@@ -129,6 +134,7 @@ def load_definitions(root: Path, patterns: list[str]) -> Definitions:
         for issue in _reference_issues(definitions, origin)
         if not any(f"'{name}'" in issue.message for name in broken)
     ]
+    issues += _raw_reference_issues(definitions, broken_items)
     if issues:
         raise DefinitionError(issues)
     return definitions
@@ -148,6 +154,51 @@ def _valid_part(data: dict[str, Any]) -> dict[str, list[tuple[int, Any]]]:
                 continue
             out.setdefault(attr, []).append((index, getattr(parsed, attr)[0]))
     return out
+
+
+def _invalid_items(
+    doc: LocatedDocument, valid: dict[str, list[tuple[int, Any]]]
+) -> list[tuple[LocatedDocument, str, int, dict[str, Any]]]:
+    out = []
+    for attr in KINDS.values():
+        items = doc.data.get(attr)
+        if not isinstance(items, list):
+            continue
+        good = {index for index, _ in valid.get(attr, [])}
+        out += [(doc, attr, i, item) for i, item in enumerate(items) if i not in good and isinstance(item, dict)]
+    return out
+
+
+# attribute -> (field, kind it names) checked even on objects that failed their own checks,
+# so one run reports a bad ttl and an unknown entity of the same view together.
+_RAW_REFS = {
+    "feature_views": [("entities", "entities"), ("source", "sources")],
+    "feature_jobs": [("source", "sources")],
+    "models": [("user_entity", "entities"), ("item_entity", "entities")],
+}
+
+
+_SINGULAR = {"entities": "entity", "sources": "source"}
+
+
+def _raw_reference_issues(
+    defs: Definitions, items: list[tuple[LocatedDocument, str, int, dict[str, Any]]]
+) -> list[DefinitionIssue]:
+    issues = []
+    for doc, attr, index, item in items:
+        for key, target in _RAW_REFS.get(attr, []):
+            value = item.get(key)
+            values = value if isinstance(value, list) else [value]
+            for i, ref in enumerate(values):
+                if isinstance(ref, str) and ref not in getattr(defs, target):
+                    sub = (attr, index, key, i) if isinstance(value, list) else (attr, index, key)
+                    issues.append(
+                        DefinitionIssue(
+                            doc.file, doc.line_of(sub), doc.key_name((attr, index)) + f".{key}",
+                            f"unknown {_SINGULAR[target]} {ref!r}; declared {target}: {_names(getattr(defs, target))}",
+                        )
+                    )
+    return issues
 
 
 def _invalid_names(data: dict[str, Any]) -> set[str]:

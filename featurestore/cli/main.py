@@ -23,11 +23,6 @@ VERBS: dict[str, tuple[str, str]] = {
     "schema": ("featurestore.cli.schema_cmd", "write the JSON Schema of the definition files"),
     "materialize": ("featurestore.cli.materialize_cmd", "run the Beam batch job: sources -> offline + online stores"),
     "export": ("featurestore.cli.export_cmd", "export a point-in-time correct training dataset"),
-    "serve": ("featurestore.cli.serve_cmd", "run the online HTTP server"),
-    "train": ("featurestore.cli.models_cmd", "train a per-user linear model as a new version"),
-    "models": ("featurestore.cli.models_cmd", "list, show, activate, roll back, replay and check models"),
-    "stream": ("featurestore.cli.stream_cmd", "run the Beam streaming job: events -> online store"),
-    "demo": ("featurestore.cli.demo_cmd", "run the whole flow on a generated example, then report"),
 }
 
 EPILOG = "Run `featurestore VERB --help` for a verb's options. Docs: docs/cli.md"

@@ -1,0 +1,1 @@
+"""The offline store: each feature view's full history as date-partitioned Parquet."""

@@ -1,0 +1,153 @@
+"""The offline store's Parquet layout (specified in docs/offline-store.md, pinned by a golden test).
+
+    {offline_path}/{project}/{view}/date=YYYY-MM-DD/data.parquet         batch jobs
+    {offline_path}/{project}/{view}/date=YYYY-MM-DD/stream-{window}.parquet  stream jobs
+    {offline_path}/{project}/_rejects/{view}/{run_id}.parquet              rows that failed checks
+
+Columns, in this order: the view's join keys (declared dtypes), ``event_timestamp`` and
+``created_timestamp`` (timestamp[us, tz=UTC], never null), then the features in declared order.
+The date partition is the UTC date of ``event_timestamp``.
+
+A batch run over [start, end) rewrites every partition it touches: rows of that partition outside
+[start, end) are kept, rows inside are replaced by the run's rows. Each partition file is written
+under a temporary name and renamed over the old one, so a reader never sees half a file and a
+re-run of the same interval gives the same files, whatever a crash left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+EVENT_TS = "event_timestamp"
+CREATED_TS = "created_timestamp"
+TS_TYPE = pa.timestamp("us", tz="UTC")
+BATCH_FILE = "data.parquet"
+
+
+def view_dir(offline_path: Path, project: str, view: str) -> Path:
+    return offline_path / project / view
+
+
+def partition_dir(offline_path: Path, project: str, view: str, day: date) -> Path:
+    return view_dir(offline_path, project, view) / f"date={day.isoformat()}"
+
+
+def view_glob(offline_path: Path, project: str, view: str) -> str:
+    """A glob over every Parquet file of a view (batch and stream), for DuckDB."""
+    return str(view_dir(offline_path, project, view) / "date=*" / "*.parquet")
+
+
+def partition_dates(start: datetime, end: datetime) -> list[date]:
+    """The UTC dates a half-open interval [start, end) touches."""
+    start, end = _utc(start), _utc(end)
+    if end <= start:
+        return []
+    last = (end - timedelta(microseconds=1)).date()
+    days, day = [], start.date()
+    while day <= last:
+        days.append(day)
+        day += timedelta(days=1)
+    return days
+
+
+def existing_partitions(offline_path: Path, project: str, view: str) -> list[date]:
+    root = view_dir(offline_path, project, view)
+    if not root.is_dir():
+        return []
+    return sorted(
+        date.fromisoformat(p.name.removeprefix("date="))
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith("date=")
+    )
+
+
+def replace_interval(
+    offline_path: Path,
+    project: str,
+    view: str,
+    table: pa.Table,
+    start: datetime,
+    end: datetime,
+) -> int:
+    """Make the view's history inside [start, end) equal to ``table``; returns rows written.
+
+    ``table`` must already have the layout's columns and only rows inside [start, end). The
+    whole table for the interval is needed at once only per partition: callers may pass a table
+    assembled from record batches; memory is bounded by the largest day.
+    """
+    start, end = _utc(start), _utc(end)
+    written = 0
+    day_col = pc.cast(table[EVENT_TS], pa.date32()) if table.num_rows else None
+    for day in partition_dates(start, end):
+        new_rows = table.filter(pc.equal(day_col, pa.scalar(day, pa.date32()))) if day_col is not None else table.slice(0, 0)
+        written += _rewrite_partition(offline_path, project, view, day, new_rows, start, end)
+    return written
+
+
+def _rewrite_partition(
+    offline_path: Path,
+    project: str,
+    view: str,
+    day: date,
+    new_rows: pa.Table,
+    start: datetime,
+    end: datetime,
+) -> int:
+    directory = partition_dir(offline_path, project, view, day)
+    target = directory / BATCH_FILE
+    parts: list[pa.Table] = []
+    if target.exists():
+        old = pq.read_table(target)
+        ts = old[EVENT_TS]
+        keep = pc.or_(
+            pc.less(ts, pa.scalar(start, TS_TYPE)), pc.greater_equal(ts, pa.scalar(end, TS_TYPE))
+        )
+        kept = old.filter(keep)
+        if kept.num_rows:
+            parts.append(kept.cast(new_rows.schema) if new_rows.num_columns else kept)
+    if new_rows.num_rows:
+        parts.append(new_rows)
+    if not parts:
+        if target.exists():
+            target.unlink()
+        return 0
+    merged = pa.concat_tables(parts).sort_by([(EVENT_TS, "ascending")])
+    directory.mkdir(parents=True, exist_ok=True)
+    write_atomic(merged, target)
+    return new_rows.num_rows
+
+
+def write_atomic(table: pa.Table, target: Path) -> None:
+    """Write ``table`` to ``target`` so that readers see the old file or the new one, never half."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def layout_schema(join_keys: Iterable[tuple[str, pa.DataType]], features: Iterable[tuple[str, pa.DataType]]) -> pa.Schema:
+    """The column order every offline file of a view follows."""
+    return pa.schema(
+        [*(pa.field(n, t) for n, t in join_keys),
+         pa.field(EVENT_TS, TS_TYPE, nullable=False),
+         pa.field(CREATED_TS, TS_TYPE, nullable=False),
+         *(pa.field(n, t) for n, t in features)]
+    )
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)

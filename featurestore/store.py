@@ -24,6 +24,7 @@ from registry.validate import load_definitions
 
 if TYPE_CHECKING:
     from featurestore.online.base import OnlineStore
+    from featurestore.retrieval import OnlineReader, OnlineResponse
 
 
 class FeatureStore:
@@ -111,6 +112,52 @@ class FeatureStore:
 
     def registry_versions(self) -> list[VersionInfo]:
         return self.registry.versions()
+
+    # -- online retrieval ---------------------------------------------------------------------
+    @cached_property
+    def online_reader(self) -> "OnlineReader":
+        from featurestore.retrieval import OnlineReader
+
+        return OnlineReader(self.online_store, self.registry_cache)
+
+    def get_online_features(
+        self,
+        features: list[str] | str,
+        entity_rows: list[Mapping[str, Any]],
+        *,
+        full_names: bool = False,
+        with_timestamps: bool = False,
+    ) -> "OnlineResponse":
+        """The latest values of ``features`` (references or a feature service name) for each
+        entity row, in one round trip to the online store.
+
+        >>> store.get_online_features(["user_activity:ratings_1d"], [{"user_id": 1}]).to_dict()  # doctest: +SKIP
+        {'user_id': [1], 'ratings_1d': [3]}
+        """
+        return self.online_reader.get_online_features(
+            features, entity_rows, full_names=full_names, with_timestamps=with_timestamps
+        )
+
+    async def get_online_features_async(
+        self,
+        features: list[str] | str,
+        entity_rows: list[Mapping[str, Any]],
+        *,
+        full_names: bool = False,
+        with_timestamps: bool = False,
+    ) -> "OnlineResponse":
+        """``get_online_features`` for asyncio code: the store call runs in a worker thread so
+        the event loop is never blocked on I/O."""
+        import asyncio
+
+        return await asyncio.to_thread(
+            self.get_online_features, features, entity_rows,
+            full_names=full_names, with_timestamps=with_timestamps,
+        )
+
+    def feature_freshness(self, views: list[str] | None = None) -> dict[str, float | None]:
+        """Seconds since the newest materialized event of each online view (None: never written)."""
+        return self.online_reader.freshness(views)
 
     # -- training data ------------------------------------------------------------------------
     def get_training_dataset(self, entity_df: Any, features: list[str] | str, **options: Any) -> Any:

@@ -23,6 +23,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "schema": ("featurestore.cli.schema_cmd", "write the JSON Schema of the definition files"),
     "materialize": ("featurestore.cli.materialize_cmd", "run the Beam batch job: sources -> offline + online stores"),
     "export": ("featurestore.cli.export_cmd", "export a point-in-time correct training dataset"),
+    "serve": ("featurestore.cli.serve_cmd", "run the online HTTP server"),
 }
 
 EPILOG = "Run `featurestore VERB --help` for a verb's options. Docs: docs/cli.md"

@@ -1,0 +1,45 @@
+"""`serve`: run the online HTTP server (uvicorn) for a repository."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument("--host", default=None, help="address to bind (default: server.host, 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: server.port, 8080)")
+    parser.add_argument(
+        "--workers", type=int, default=None,
+        help="worker processes (default: server.workers, 1); each holds its own caches",
+    )
+    parser.add_argument("--log-level", default="warning", help="uvicorn log level (default: warning)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    from featurestore.store import FeatureStore
+
+    store = FeatureStore(args.repo)
+    config = store.config.server
+    host = args.host or config.host
+    port = args.port or config.port
+    workers = args.workers or config.workers
+    # Fail here, with one clear line, rather than in every worker.
+    store.registry.head_version()
+    store.online_store.ping()
+    store.close()
+    os.environ["FEATURESTORE_REPO"] = str(store.repo_path)
+    print(f"Serving project {store.project} on http://{host}:{port} ({workers} worker(s)); API docs at /docs")
+    uvicorn.run(
+        "online_server.app:app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=args.log_level,
+        access_log=False,
+    )
+    return 0

@@ -1,0 +1,222 @@
+"""Online retrieval: the latest feature values of many entities in one round trip.
+
+The hot path per call is: encode entity keys, one ``read_latest`` on the online store, decode
+payloads with the view's precompiled codec, check the ttl. Everything else (resolving feature
+references, codecs, which tuple positions to pick) is compiled once per (registry version,
+feature list) into a ``RetrievalPlan`` and cached; the registry itself comes from the
+in-process ``RegistryCache``, never from a query per request.
+
+Statuses: ``present``; ``not_found`` (no value stored for the entity); ``expired`` (the stored
+value's event time t is not within the view's ttl D of now: t <= now - D, the same boundary as
+the point-in-time export).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+from featurestore.online.codec import ValueCodec, encode_entity_key
+from registry.definitions import Definitions
+from registry.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas
+    import pyarrow
+
+    from featurestore.online.base import OnlineStore
+    from featurestore.registry_cache import RegistryCache
+
+PRESENT, NOT_FOUND, EXPIRED = "present", "not_found", "expired"
+
+
+@dataclass(frozen=True)
+class _ViewPlan:
+    view: str
+    key_names: tuple[str, ...]
+    key_dtypes: tuple[str, ...]
+    codec: ValueCodec
+    picks: tuple[int, ...]  # positions in the decoded tuple, one per requested feature
+    columns: tuple[str, ...]  # output column names of those features
+    ttl_us: int
+
+
+@dataclass(frozen=True)
+class RetrievalPlan:
+    views: tuple[_ViewPlan, ...]
+    columns: tuple[str, ...]  # every output feature column, in request order
+    join_keys: tuple[str, ...]
+
+    @classmethod
+    def compile(cls, defs: Definitions, features: Sequence[str] | str, full_names: bool) -> "RetrievalPlan":
+        refs = defs.resolve_features(list(features) if not isinstance(features, str) else features)
+        if not refs:
+            raise UserError("no features requested", hint="pass feature references or a feature service")
+        by_view: dict[str, list[str]] = {}
+        for ref in refs:
+            by_view.setdefault(ref.view, []).append(ref.feature)
+        names = [f"{r.view}__{r.feature}" if full_names else r.feature for r in refs]
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise UserError(
+                f"feature name(s) {', '.join(dup)} come from more than one view",
+                hint="pass full_names=True to get view__feature column names",
+            )
+        views, keys = [], []
+        for view_name, wanted in by_view.items():
+            spec = defs.feature_views[view_name]
+            if not spec.online:
+                raise UserError(
+                    f"feature view {view_name!r} is not served online (online: false)",
+                    hint="set `online: true` on the view, apply and materialize it",
+                )
+            declared = [f.name for f in spec.features]
+            key_specs = [k for e in spec.entities for k in defs.entities[e].join_keys]
+            views.append(
+                _ViewPlan(
+                    view=view_name,
+                    key_names=tuple(k.name for k in key_specs),
+                    key_dtypes=tuple(k.dtype for k in key_specs),
+                    codec=ValueCodec([f.dtype for f in spec.features], declared),
+                    picks=tuple(declared.index(w) for w in wanted),
+                    columns=tuple(f"{view_name}__{w}" if full_names else w for w in wanted),
+                    ttl_us=spec.ttl_seconds * 1_000_000,
+                )
+            )
+            keys += [k.name for k in key_specs if k.name not in keys]
+        return cls(tuple(views), tuple(names), tuple(keys))
+
+
+class OnlineResponse:
+    """Feature values for each requested entity row, column-wise, in request order."""
+
+    def __init__(
+        self,
+        entity_rows: Sequence[Mapping[str, Any]],
+        join_keys: tuple[str, ...],
+        values: dict[str, list[Any]],
+        statuses: dict[str, list[str]],
+        event_timestamps: dict[str, list[int | None]] | None,
+    ) -> None:
+        self._rows = entity_rows
+        self._join_keys = join_keys
+        self.values = values
+        self.statuses = statuses
+        self.event_timestamps = event_timestamps
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def to_dict(self, include_status: bool = False) -> dict[str, list[Any]]:
+        """``{join key: [...], feature: [...]}``; with ``include_status``, ``feature__status`` too.
+
+        >>> response.to_dict()  # doctest: +SKIP
+        {'user_id': [1, 2], 'ratings_1d': [3, None]}
+        """
+        out: dict[str, list[Any]] = {k: [row.get(k) for row in self._rows] for k in self._join_keys}
+        out.update(self.values)
+        if include_status:
+            out.update({f"{name}__status": s for name, s in self.statuses.items()})
+        if self.event_timestamps is not None:
+            out.update({f"{name}__event_timestamp": t for name, t in self.event_timestamps.items()})
+        return out
+
+    def to_arrow(self) -> "pyarrow.Table":
+        import pyarrow as pa
+
+        return pa.table(self.to_dict(include_status=True))
+
+    def to_pandas(self) -> "pandas.DataFrame":
+        return self.to_arrow().to_pandas()
+
+
+class OnlineReader:
+    """Serves ``get_online_features`` for one online store and registry cache."""
+
+    def __init__(self, store: "OnlineStore", registry: "RegistryCache", max_plans: int = 256) -> None:
+        self.store = store
+        self.registry = registry
+        self._plans: dict[tuple[Any, ...], RetrievalPlan] = {}
+        self._max_plans = max_plans
+
+    def plan(self, features: Sequence[str] | str, full_names: bool = False) -> RetrievalPlan:
+        defs = self.registry.get()
+        key = (self.registry.version, features if isinstance(features, str) else tuple(features), full_names)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = RetrievalPlan.compile(defs, features, full_names)
+            if len(self._plans) >= self._max_plans:
+                self._plans.clear()  # plans are cheap to rebuild; a stale version must not pile up
+            self._plans[key] = plan
+        return plan
+
+    def get_online_features(
+        self,
+        features: Sequence[str] | str,
+        entity_rows: Sequence[Mapping[str, Any]],
+        *,
+        full_names: bool = False,
+        with_timestamps: bool = False,
+        now_us: int | None = None,
+    ) -> OnlineResponse:
+        plan = self.plan(features, full_names)
+        requests: list[tuple[str, bytes]] = []
+        for vp in plan.views:
+            requests += [(vp.view, _key(vp, row, i)) for i, row in enumerate(entity_rows)]
+        results = self.store.read_latest(requests) if requests else []
+        now = time.time_ns() // 1000 if now_us is None else now_us
+        n = len(entity_rows)
+        values: dict[str, list[Any]] = {}
+        statuses: dict[str, list[str]] = {}
+        stamps: dict[str, list[int | None]] | None = {} if with_timestamps else None
+        offset = 0
+        for vp in plan.views:
+            chunk = results[offset : offset + n]
+            offset += n
+            decoded: list[Any] = []
+            status: list[str] = []
+            times: list[int | None] = []
+            decode, ttl = vp.codec.decode, vp.ttl_us
+            for hit in chunk:
+                if hit is None:
+                    decoded.append(None)
+                    status.append(NOT_FOUND)
+                    times.append(None)
+                    continue
+                event_ts, payload = hit
+                times.append(event_ts)
+                if ttl and event_ts <= now - ttl:
+                    decoded.append(None)
+                    status.append(EXPIRED)
+                else:
+                    decoded.append(decode(payload))
+                    status.append(PRESENT)
+            for pick, column in zip(vp.picks, vp.columns):
+                values[column] = [None if d is None else d[pick] for d in decoded]
+                statuses[column] = status
+                if stamps is not None:
+                    stamps[column] = times
+        ordered = {c: values[c] for c in plan.columns}
+        return OnlineResponse(entity_rows, plan.join_keys, ordered, statuses, stamps)
+
+    def freshness(self, views: Iterable[str] | None = None, now_us: int | None = None) -> dict[str, float | None]:
+        """Seconds since the newest materialized event of each view (None: nothing written)."""
+        defs = self.registry.get()
+        names = list(views) if views is not None else [v for v, s in defs.feature_views.items() if s.online]
+        newest = self.store.newest_event_ts(names)
+        now = time.time_ns() // 1000 if now_us is None else now_us
+        return {v: None if newest.get(v) is None else (now - newest[v]) / 1e6 for v in names}  # type: ignore[operator]
+
+
+def _key(vp: _ViewPlan, row: Mapping[str, Any], index: int) -> bytes:
+    try:
+        values = [row[k] for k in vp.key_names]
+    except KeyError as exc:
+        raise UserError(
+            f"entity row {index} has no join key {exc.args[0]!r} needed by view {vp.view!r}",
+            hint=f"give every entity row the keys {', '.join(vp.key_names)}",
+        ) from None
+    except TypeError:
+        raise UserError(f"entity row {index} is not a mapping of join keys to values") from None
+    return encode_entity_key(vp.key_dtypes, values)

@@ -1,0 +1,608 @@
+"""Per-user linear models over materialized item features (the Velox model).
+
+    score(user, item) = w_user · x,   x = [f(item), user features, request features, 1.0]
+
+``f(item)`` changes slowly and is materialized; ``w_user`` is small (d numbers) and learns online.
+The maths, in one place (docs/model-state.md has the derivations):
+
+* **Average user** (cold start): ridge over every user's rows pooled, centred on zero, with the
+  bias (last column) *not* penalised, so the average user predicts the overall label mean
+  instead of one shrunk towards zero: w_avg = (XᵀX + λM)⁻¹ Xᵀy, M = diag(1, ..., 1, 0).
+* **Per-user ridge centred on the average user**: minimise ||X_u w - y_u||² + λ||w - w_avg||²,
+  so A_u = X_uᵀX_u + λI, b_u = X_uᵀy_u + λ w_avg, w_u = A_u⁻¹ b_u. Here *every* coordinate is
+  penalised, the bias included: a user's bias is shrunk towards the average user's bias, and a
+  user never seen has A = λI, b = λ w_avg, hence w = w_avg exactly.
+* **Online updates**, one rule for both objectives. With η = w·x:
+  squared error p = η, s = 1; logistic p = σ(η), s = p(1 - p) (an online Newton / Laplace step).
+  Sherman–Morrison on A⁻¹ with √s·x, then w += A⁻¹_new x (y - p). The sufficient statistics
+  accumulate xtx += s x xᵀ and xty += x (s η + y - p) (= x y for squared error), which keeps
+  w = (λI + xtx)⁻¹(λ w_avg + xty) true after every step, so ``exact_solution`` can recompute
+  the state from them (and re-centre every user on a retrained average user without a replay).
+* **LinUCB**: bonus = α √(xᵀ A⁻¹ x).
+
+States are never modified in place: every function returns new arrays, so a state read from a
+store can be compared-and-swapped on its ``version``. The d×d matrices are kept *exactly*
+symmetric (outer products are formed before they are scaled), which lets the codec store one
+triangle.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from registry.errors import ConfigError, DataError
+
+Objective = Literal["squared_error", "logistic"]
+OBJECTIVES: tuple[str, ...] = ("squared_error", "logistic")
+
+# Rows per chunk when summing per-row outer products: bounds the temporary at ~32 MB.
+_CHUNK_FLOATS = 1 << 22
+_NEWTON_MAX_ITER = 100
+# Floats per (users × d × d) temporary in one batched update step: ~1 MB keeps it in L2 cache;
+# one big step over all users was 2x slower at d=64 (bench/bench_update.py).
+_ROUND_BLOCK_FLOATS = 1 << 17
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class UserState:
+    """One user's model: weights, inverse precision and the sufficient statistics behind them.
+
+    ``xtx``/``xty`` are Σ s x xᵀ and Σ x (s η + y - p) (plain XᵀX and Xᵀy for squared error);
+    ``n`` counts observations; ``version`` counts updates (for optimistic concurrency).
+    Treat the arrays as read-only; the functions here always return a new state.
+
+    >>> new_user_state(np.zeros(2), l2=1.0).A_inv.tolist()
+    [[1.0, 0.0], [0.0, 1.0]]
+    """
+
+    w: np.ndarray
+    A_inv: np.ndarray
+    xtx: np.ndarray
+    xty: np.ndarray
+    n: int = 0
+    version: int = 0
+
+    @property
+    def d(self) -> int:
+        return int(self.w.shape[0])
+
+
+@dataclass(eq=False)
+class StateBatch:
+    """Many users' states stacked: w (k, d), A_inv/xtx (k, d, d), xty (k, d), n/version (k,).
+
+    >>> batch = StateBatch.from_states([new_user_state(np.zeros(2), 1.0)] * 3)
+    >>> batch.A_inv.shape
+    (3, 2, 2)
+    """
+
+    w: np.ndarray
+    A_inv: np.ndarray
+    xtx: np.ndarray
+    xty: np.ndarray
+    n: np.ndarray
+    version: np.ndarray
+
+    @classmethod
+    def from_states(cls, states: Sequence[UserState]) -> StateBatch:
+        if not states:
+            raise DataError("cannot stack zero user states", hint="pass at least one state")
+        d = states[0].d
+        if any(s.d != d for s in states):
+            raise DataError(
+                "user states of different dimensions cannot be stacked",
+                hint=f"every state must have d={d} (the first one's)",
+            )
+        return cls(
+            w=np.stack([s.w for s in states]).astype(np.float64, copy=False),
+            A_inv=np.stack([s.A_inv for s in states]).astype(np.float64, copy=False),
+            xtx=np.stack([s.xtx for s in states]).astype(np.float64, copy=False),
+            xty=np.stack([s.xty for s in states]).astype(np.float64, copy=False),
+            n=np.array([s.n for s in states], dtype=np.int64),
+            version=np.array([s.version for s in states], dtype=np.int64),
+        )
+
+    def __len__(self) -> int:
+        return int(self.w.shape[0])
+
+    def to_states(self) -> list[UserState]:
+        """Split into UserStates (views into this batch's arrays, which are then frozen)."""
+        for a in (self.w, self.A_inv, self.xtx, self.xty):
+            a.flags.writeable = False
+        ns, vs = self.n.tolist(), self.version.tolist()
+        return [
+            UserState(self.w[i], self.A_inv[i], self.xtx[i], self.xty[i], ns[i], vs[i])
+            for i in range(len(ns))
+        ]
+
+    def learn(
+        self, rows: np.ndarray, X: np.ndarray, y: np.ndarray, objective: Objective = "squared_error"
+    ) -> StateBatch:
+        """Apply observation i to state ``rows[i]``, in order; return a new batch.
+
+        Vectorised across distinct users; a user with several observations is updated once per
+        "round", so the result equals applying them one by one with ``learn_one``.
+        """
+        out = StateBatch(
+            self.w.copy(),
+            self.A_inv.copy(),
+            self.xtx.copy(),
+            self.xty.copy(),
+            self.n.copy(),
+            self.version.copy(),
+        )
+        _learn_in_place(out, rows, X, y, objective)
+        return out
+
+
+def design_matrix(*blocks: np.ndarray, bias: bool = True) -> np.ndarray:
+    """Concatenate feature blocks (item, user, request) and append the bias column of 1.0.
+
+    Works on one vector (1-D blocks) or many rows (2-D blocks); the bias is always last, which
+    is what ``fit_average(bias=True)`` expects.
+
+    >>> design_matrix(np.array([[2.0], [3.0]]), np.array([[5.0], [7.0]])).tolist()
+    [[2.0, 5.0, 1.0], [3.0, 7.0, 1.0]]
+    """
+    parts = [np.asarray(b, dtype=np.float64) for b in blocks]
+    if bias:
+        lead = parts[0].shape[:-1] if parts else ()
+        parts.append(np.ones(lead + (1,)))
+    return np.concatenate(parts, axis=-1)
+
+
+def sigmoid(z: np.ndarray | float) -> np.ndarray:
+    """Numerically stable logistic function (no overflow for large |z|)."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
+
+
+def fit_average(
+    X: np.ndarray,
+    y: np.ndarray,
+    l2: float,
+    *,
+    objective: Objective = "squared_error",
+    bias: bool = True,
+) -> np.ndarray:
+    """The average user: one model over all users' rows pooled, centred on zero.
+
+    With ``bias=True`` the last column must be the constant 1.0 and is not penalised (so the
+    average user's bias is the label mean, not shrunk towards 0). Squared error is the closed
+    form (XᵀX + λM)⁻¹Xᵀy; logistic is the MAP found by damped Newton.
+
+    >>> X = design_matrix(np.array([[0.0], [1.0], [2.0]]))
+    >>> fit_average(X, np.array([1.0, 3.0, 5.0]), l2=1e-9).round(6).tolist()
+    [2.0, 1.0]
+    """
+    _check_objective(objective)
+    l2 = _check_l2(l2)
+    X = _matrix(X, "X")
+    y = _labels(y, X.shape[0], objective)
+    if X.shape[0] == 0:
+        raise DataError("cannot fit the average user on zero rows", hint="pass training rows")
+    mask = np.ones(X.shape[1])
+    if bias:
+        if not np.all(X[:, -1] == 1.0):
+            raise DataError(
+                "bias=True but the last column of X is not all 1.0",
+                hint="build X with design_matrix(..., bias=True) or pass bias=False",
+            )
+        mask[-1] = 0.0
+        if objective == "logistic" and (y.min() == y.max()):
+            raise DataError(
+                "every label is the same, so the unpenalised logistic bias has no finite value",
+                hint="train on data with both 0 and 1 labels",
+            )
+    groups = np.zeros(X.shape[0], dtype=np.intp)
+    W, _, _ = _fit_groups(groups, 1, X, y, l2 * mask, np.zeros(X.shape[1]), objective)
+    return W[0]
+
+
+def fit_users(
+    user_ids: np.ndarray,
+    X: np.ndarray,
+    y: np.ndarray,
+    l2: float,
+    w_avg: np.ndarray,
+    *,
+    objective: Objective = "squared_error",
+) -> dict[Hashable, UserState]:
+    """Fit every user's model in one batch, centred on the average user.
+
+    Squared error: w_u = (X_uᵀX_u + λI)⁻¹(X_uᵀy_u + λ w_avg), batched over users. Logistic: the
+    MAP with a Gaussian prior at w_avg (batched damped Newton); its statistics are those of the
+    final Newton step, so ``exact_solution`` and ``learn_one`` continue from it consistently.
+
+    >>> X = design_matrix(np.array([[1.0], [2.0], [1.0]]))
+    >>> states = fit_users(np.array(["a", "a", "b"]), X, np.array([1.0, 2.0, 0.0]), 1.0, np.zeros(2))
+    >>> sorted(states), states["a"].n
+    (['a', 'b'], 2)
+    """
+    _check_objective(objective)
+    l2 = _check_l2(l2)
+    X = _matrix(X, "X")
+    d = X.shape[1]
+    y = _labels(y, X.shape[0], objective)
+    w_avg = _vector(w_avg, "w_avg", d)
+    user_ids = np.asarray(user_ids)
+    if user_ids.shape != (X.shape[0],):
+        raise DataError(
+            f"user_ids has shape {user_ids.shape}, expected ({X.shape[0]},)",
+            hint="pass one user id per row of X",
+        )
+    if X.shape[0] == 0:
+        return {}
+    uniq, groups = np.unique(user_ids, return_inverse=True)
+    k = len(uniq)
+    W, G, b = _fit_groups(groups, k, X, y, np.full(d, l2), w_avg, objective)
+    A = G.copy()
+    A[:, np.arange(d), np.arange(d)] += l2
+    A_inv = _sym(np.linalg.inv(A))
+    counts = np.bincount(groups, minlength=k).tolist()
+    batch = StateBatch(W, A_inv, G, b, np.asarray(counts, np.int64), np.zeros(k, np.int64))
+    return dict(zip(uniq.tolist(), batch.to_states()))
+
+
+def new_user_state(w_avg: np.ndarray, l2: float) -> UserState:
+    """The state of a user never seen: A = λI, b = λ w_avg, so w = w_avg exactly.
+
+    >>> new_user_state(np.array([0.5, -1.0]), l2=2.0).w.tolist()
+    [0.5, -1.0]
+    """
+    l2 = _check_l2(l2)
+    w = _vector(w_avg, "w_avg").copy()
+    d = w.shape[0]
+    return UserState(w=w, A_inv=np.eye(d) / l2, xtx=np.zeros((d, d)), xty=np.zeros(d))
+
+
+def learn_one(
+    state: UserState, x: np.ndarray, y: float, objective: Objective = "squared_error"
+) -> UserState:
+    """Fold one observation into a user's state in O(d²); return the new state.
+
+    >>> s = learn_one(new_user_state(np.zeros(2), 1.0), np.array([1.0, 1.0]), 3.0)
+    >>> s.w.tolist(), s.n, s.version
+    ([1.0, 1.0], 1, 1)
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.shape != state.w.shape:
+        raise DataError(
+            f"feature vector has shape {x.shape}, the model expects ({state.d},)",
+            hint="build x with design_matrix() from the model's features",
+        )
+    y = float(y)
+    eta = float(state.w @ x)
+    squared = objective == "squared_error"
+    if squared:
+        p, s, coef = eta, 1.0, y
+    elif objective == "logistic":
+        if y != 0.0 and y != 1.0:
+            raise DataError(f"a logistic label must be 0 or 1, got {y!r}", hint="map labels to 0/1")
+        p = float(sigmoid(eta))
+        s = p * (1.0 - p)
+        coef = s * eta + (y - p)
+    else:
+        raise _bad_objective(objective)
+    Ax = state.A_inv @ x
+    q = float(x @ Ax)
+    # q is finite only if every entry of x is, so this one check guards the stored state.
+    if not (math.isfinite(q) and math.isfinite(y)):
+        raise DataError("the feature vector or label is not finite", hint="drop NaN/inf inputs")
+    denom = 1.0 + s * q
+    xx = np.outer(x, x)
+    return UserState(
+        w=state.w + Ax * ((y - p) / denom),
+        A_inv=state.A_inv - np.outer(Ax, Ax) * (s / denom),
+        xtx=state.xtx + (xx if squared else xx * s),
+        xty=state.xty + x * coef,
+        n=state.n + 1,
+        version=state.version + 1,
+    )
+
+
+def learn_many(
+    states: Sequence[UserState],
+    X: np.ndarray,
+    y: np.ndarray,
+    objective: Objective = "squared_error",
+) -> list[UserState]:
+    """Apply observation i to ``states[i]``, in order, vectorised across distinct users.
+
+    A user with several observations appears as the *same* ``UserState`` object several times;
+    each entry of the result is that user's state after all of its observations, so the result
+    equals calling ``learn_one`` one by one. (For stacked states, use ``StateBatch.learn``.)
+
+    >>> s = new_user_state(np.zeros(2), 1.0)
+    >>> out = learn_many([s, s], np.ones((2, 2)), np.array([1.0, 2.0]))
+    >>> out[0] is out[1], out[0].n
+    (True, 2)
+    """
+    _check_objective(objective)
+    if len(states) == 0:
+        return []
+    slot: dict[int, int] = {}
+    distinct: list[UserState] = []
+    rows = np.empty(len(states), dtype=np.intp)
+    for i, s in enumerate(states):
+        j = slot.setdefault(id(s), len(distinct))
+        if j == len(distinct):
+            distinct.append(s)
+        rows[i] = j
+    batch = StateBatch.from_states(distinct)  # np.stack copies, so learning in place is safe
+    _learn_in_place(batch, rows, X, y, objective)
+    new = batch.to_states()
+    return [new[j] for j in rows.tolist()]
+
+
+def predict_many(w: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Scores w·x for many items: one matrix-vector product. For logistic models these are
+    margins; ``sigmoid`` turns them into probabilities (the ranking is the same).
+
+    >>> predict_many(np.array([1.0, 2.0]), np.array([[1.0, 1.0], [0.0, 1.0]])).tolist()
+    [3.0, 2.0]
+    """
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[1] != np.shape(w)[0]:
+        raise DataError(
+            f"X has shape {X.shape}, expected (n, {np.shape(w)[0]})",
+            hint="build item rows with the model's features",
+        )
+    return X @ w
+
+
+def ucb_bonus(A_inv: np.ndarray, X: np.ndarray, alpha: float) -> np.ndarray:
+    """LinUCB exploration bonus α √(xᵀA⁻¹x) for each row of X, vectorised.
+
+    >>> ucb_bonus(np.eye(2) / 4.0, np.array([[2.0, 0.0], [0.0, 0.0]]), alpha=2.0).tolist()
+    [2.0, 0.0]
+    """
+    if not (alpha >= 0 and math.isfinite(alpha)):
+        raise ConfigError(
+            f"alpha must be a finite number >= 0, got {alpha!r}",
+            hint="set exploration.alpha, e.g. 1.0",
+        )
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != A_inv.shape[0]:
+        raise DataError(
+            f"X has shape {X.shape}, expected (n, {A_inv.shape[0]})",
+            hint="build item rows with the model's features",
+        )
+    q = np.einsum("ij,ij->i", X @ A_inv, X)
+    return alpha * np.sqrt(np.maximum(q, 0.0))  # tiny negatives are rounding, not variance
+
+
+def exact_solution(state: UserState, l2: float, w_avg: np.ndarray) -> UserState:
+    """Recompute w and A⁻¹ from the sufficient statistics (removes Sherman–Morrison drift, or
+    re-centres the user on a retrained average user). ``n`` and ``version`` are kept.
+
+    >>> s = learn_one(new_user_state(np.zeros(2), 1.0), np.array([1.0, 1.0]), 3.0)
+    >>> exact_solution(s, 1.0, np.zeros(2)).w.round(12).tolist()
+    [1.0, 1.0]
+    """
+    l2 = _check_l2(l2)
+    w_avg = _vector(w_avg, "w_avg", state.d)
+    A = state.xtx + l2 * np.eye(state.d)
+    w = np.linalg.solve(A, l2 * w_avg + state.xty)
+    return UserState(w, _sym(np.linalg.inv(A)), state.xtx, state.xty, state.n, state.version)
+
+
+def grouped_moments(
+    groups: np.ndarray,
+    n_groups: int,
+    X: np.ndarray,
+    c: np.ndarray,
+    s: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group Σ s_i x_i x_iᵀ (n_groups, d, d) and Σ c_i x_i (n_groups, d).
+
+    Rows are sorted by group once and the outer products summed with ``np.add.reduceat`` in
+    chunks, so memory stays bounded and the sums are exactly symmetric.
+    """
+    n, d = X.shape
+    G = np.zeros((n_groups, d, d))
+    b = np.zeros((n_groups, d))
+    order = np.argsort(groups, kind="stable")
+    sorted_groups = groups[order]
+    chunk = max(1, _CHUNK_FLOATS // (d * d))
+    for lo in range(0, n, chunk):
+        idx = order[lo : lo + chunk]
+        g = sorted_groups[lo : lo + chunk]
+        starts = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
+        xc = X[idx]
+        outer = xc[:, :, None] * xc[:, None, :]
+        if s is not None:
+            outer *= s[idx][:, None, None]
+        # Each group occurs once per chunk (rows are sorted), so fancy-index += is safe.
+        G[g[starts]] += np.add.reduceat(outer, starts, axis=0)
+        b[g[starts]] += np.add.reduceat(xc * c[idx][:, None], starts, axis=0)
+    return G, b
+
+
+# --- internals ---------------------------------------------------------------------------------
+
+
+def _learn_in_place(
+    batch: StateBatch, rows: np.ndarray, X: np.ndarray, y: np.ndarray, objective: str
+) -> None:
+    _check_objective(objective)
+    X = _matrix(X, "X", batch.w.shape[1])
+    y = _labels(y, X.shape[0], objective)
+    rows = np.asarray(rows, dtype=np.intp)
+    k = len(batch)
+    if rows.shape != (X.shape[0],) or (rows.size and (rows.min() < 0 or rows.max() >= k)):
+        raise DataError(
+            f"expected one state index in [0, {k}) per row of X ({X.shape[0]} rows), "
+            f"got an array of shape {rows.shape}",
+            hint="pass one state per observation",
+        )
+    if rows.size:
+        _learn_rounds(batch, rows, X, y, objective)
+
+
+def _learn_rounds(
+    batch: StateBatch, rows: np.ndarray, X: np.ndarray, y: np.ndarray, objective: str
+) -> None:
+    """In place: round r applies every user's r-th observation, batched over those users.
+
+    Users are split into blocks (by state index) whose round temporaries stay within the CPU
+    cache; each (block, round) is one vectorised step. Blocks are independent, so this keeps
+    every user's observations in order.
+    """
+    m, d = X.shape
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    starts = np.flatnonzero(np.concatenate(([True], sorted_rows[1:] != sorted_rows[:-1])))
+    rank = np.empty(m, dtype=np.intp)
+    rank[order] = np.arange(m) - np.repeat(starts, np.diff(np.append(starts, m)))
+    block = max(1, _ROUND_BLOCK_FLOATS // (d * d))
+    key = (rows // block) * (int(rank.max()) + 1) + rank
+    by_key = np.argsort(key, kind="stable")
+    cuts = np.flatnonzero(np.diff(key[by_key])) + 1
+    bounds = np.concatenate(([0], cuts, [m]))
+    logistic = objective == "logistic"
+    for r in range(len(bounds) - 1):
+        obs = by_key[bounds[r] : bounds[r + 1]]
+        u, x, yy = rows[obs], X[obs], y[obs]
+        W, Ai = batch.w[u], batch.A_inv[u]
+        eta = np.einsum("md,md->m", W, x)
+        Ax = np.matmul(Ai, x[:, :, None])[:, :, 0]
+        q = np.einsum("md,md->m", x, Ax)
+        xx = x[:, :, None] * x[:, None, :]
+        if logistic:
+            p = sigmoid(eta)
+            s = p * (1.0 - p)
+            denom = 1.0 + s * q
+            batch.A_inv[u] = Ai - (Ax[:, :, None] * Ax[:, None, :]) * (s / denom)[:, None, None]
+            batch.xtx[u] += xx * s[:, None, None]
+            batch.xty[u] += x * (s * eta + (yy - p))[:, None]
+        else:
+            p = eta
+            denom = 1.0 + q
+            batch.A_inv[u] = Ai - (Ax[:, :, None] * Ax[:, None, :]) * (1.0 / denom)[:, None, None]
+            batch.xtx[u] += xx
+            batch.xty[u] += x * yy[:, None]
+        batch.w[u] = W + Ax * ((yy - p) / denom)[:, None]
+    per_user = np.bincount(rows, minlength=len(batch))
+    batch.n += per_user
+    batch.version += per_user
+
+
+def _fit_groups(
+    groups: np.ndarray,
+    k: int,
+    X: np.ndarray,
+    y: np.ndarray,
+    penalty: np.ndarray,
+    center: np.ndarray,
+    objective: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-group MAP with penalty ½Σ_j penalty_j (w_j - center_j)²; returns (W, G, b) such that
+    W = (diag(penalty) + G)⁻¹(penalty · center + b) — the statistics a UserState stores."""
+    d = X.shape[1]
+    diag = np.arange(d)
+    if objective == "squared_error":
+        G, b = grouped_moments(groups, k, X, y)
+        A = G.copy()
+        A[:, diag, diag] += penalty
+        W = np.linalg.solve(A, (b + penalty * center)[:, :, None])[:, :, 0]
+        return W, G, b
+
+    def loss(W: np.ndarray) -> np.ndarray:
+        eta = np.einsum("nd,nd->n", X, W[groups])
+        data = np.bincount(groups, np.logaddexp(0.0, eta) - y * eta, minlength=k)
+        return data + 0.5 * ((W - center) ** 2 * penalty).sum(axis=1)
+
+    W = np.broadcast_to(center, (k, d)).astype(np.float64)
+    f = loss(W)
+    for _ in range(_NEWTON_MAX_ITER):
+        eta = np.einsum("nd,nd->n", X, W[groups])
+        p = sigmoid(eta)
+        H, grad = grouped_moments(groups, k, X, p - y, p * (1.0 - p))
+        H[:, diag, diag] += penalty
+        grad += penalty * (W - center)
+        step = -np.linalg.solve(H, grad[:, :, None])[:, :, 0]
+        if np.max(np.abs(step)) <= 1e-10 * (1.0 + np.max(np.abs(W))):
+            W = W + step
+            break
+        # Backtrack per group until the objective does not rise (Newton can overshoot).
+        t = np.ones(k)
+        for _ in range(50):
+            W_try = W + t[:, None] * step
+            f_try = loss(W_try)
+            worse = f_try > f + 1e-12 * np.abs(f)
+            if not worse.any():
+                break
+            t[worse] *= 0.5
+        W, f = W_try, f_try
+    else:
+        raise DataError(
+            f"logistic fit did not converge in {_NEWTON_MAX_ITER} Newton steps",
+            hint="check the features for huge values or raise l2",
+        )
+    eta = np.einsum("nd,nd->n", X, W[groups])
+    p = sigmoid(eta)
+    s = p * (1.0 - p)
+    G, b = grouped_moments(groups, k, X, s * eta + (y - p), s)
+    return W, G, b
+
+
+def _sym(M: np.ndarray) -> np.ndarray:
+    # (a + b) / 2 == (b + a) / 2 bit for bit, so the result is exactly symmetric.
+    return 0.5 * (M + np.swapaxes(M, -1, -2))
+
+
+def _check_objective(objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise _bad_objective(objective)
+
+
+def _bad_objective(objective: object) -> ConfigError:
+    return ConfigError(
+        f"unknown objective {objective!r}", hint="use one of " + ", ".join(OBJECTIVES)
+    )
+
+
+def _check_l2(l2: float) -> float:
+    l2 = float(l2)
+    if not (l2 > 0 and math.isfinite(l2)):
+        raise ConfigError(f"l2 must be a finite number > 0, got {l2!r}", hint="e.g. l2: 1.0")
+    return l2
+
+
+def _matrix(X: np.ndarray, name: str, d: int | None = None) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or (d is not None and X.shape[1] != d):
+        want = f"(n, {d})" if d is not None else "(n, d)"
+        raise DataError(
+            f"{name} has shape {X.shape}, expected {want}",
+            hint="build rows with design_matrix() from the model's features",
+        )
+    if not np.isfinite(X).all():
+        raise DataError(f"{name} holds NaN or inf", hint="drop or impute non-finite features")
+    return X
+
+
+def _vector(v: np.ndarray, name: str, d: int | None = None) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    if v.ndim != 1 or (d is not None and v.shape[0] != d):
+        raise DataError(
+            f"{name} has shape {v.shape}, expected ({d if d is not None else 'd'},)",
+            hint="use the weights of a model with the same features",
+        )
+    return v
+
+
+def _labels(y: np.ndarray, n: int, objective: str) -> np.ndarray:
+    y = np.asarray(y, dtype=np.float64)
+    if y.shape != (n,):
+        raise DataError(f"y has shape {y.shape}, expected ({n},)", hint="pass one label per row")
+    if not np.isfinite(y).all():
+        raise DataError("y holds NaN or inf", hint="drop rows without a finite label")
+    if objective == "logistic" and not np.isin(y, (0.0, 1.0)).all():
+        raise DataError("logistic labels must be 0 or 1", hint="map labels to 0/1")
+    return y

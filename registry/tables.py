@@ -96,3 +96,49 @@ active_models = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("activated_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+# -- the serving logs (migration 0002) ---------------------------------------------------------
+# The registry database doubles as the durable log of predictions and feedback: SQLite for the
+# embedded default, PostgreSQL in production. Online model state is derived from these rows.
+_BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER only
+
+predictions = sa.Table(
+    "fs_predictions",
+    metadata,
+    sa.Column("prediction_id", sa.String(64), primary_key=True),
+    sa.Column("project", sa.String(63), nullable=False),
+    sa.Column("model", sa.String(63), nullable=False),
+    sa.Column("model_version", sa.Integer, nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),
+    # JSON list of the candidate item keys, in the order of the rows of `features`.
+    sa.Column("items", sa.Text, nullable=False),
+    # The exact feature vectors served: float64 little-endian, len(items) x d, row-major.
+    sa.Column("features", sa.LargeBinary, nullable=False),
+    sa.Column("dimension", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_fs_predictions_created", "project", "created_at"),
+)
+
+feedback = sa.Table(
+    "fs_feedback",
+    metadata,
+    # The order observations were accepted in: replay applies them in this order.
+    sa.Column("seq", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("project", sa.String(63), nullable=False),
+    sa.Column("feedback_id", sa.String(128), nullable=False),
+    sa.Column("model", sa.String(63), nullable=False),
+    sa.Column("model_version", sa.Integer, nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("item_key", sa.Text, nullable=False),
+    sa.Column("label", sa.Float, nullable=False),
+    sa.Column("prediction_id", sa.String(64), nullable=True),
+    # The feature vector the update used (float64 little-endian), so replay needs no feature lookup.
+    sa.Column("features", sa.LargeBinary, nullable=False),
+    sa.Column("prediction", sa.Float, nullable=True),
+    sa.Column("baseline", sa.Float, nullable=True),
+    sa.Column("slice", sa.Text, nullable=True),
+    sa.Column("event_ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("project", "feedback_id", name="uq_fs_feedback_id"),
+    sa.Index("ix_fs_feedback_model", "project", "model", "model_version", "seq"),
+)

@@ -41,3 +41,21 @@ def test_an_old_schema_is_not_migrated_silently(registry_url: str) -> None:
         raise AssertionError("ensure_schema accepted a database of unknown revision")
     finally:
         engine.dispose()
+
+
+def test_upgrade_from_the_first_revision_keeps_data(registry_url: str) -> None:
+    engine = create_engine(registry_url)
+    upgrade(engine, "0001")
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO fs_registry_head (project, version) VALUES ('p', 7)"))
+    try:
+        ensure_schema(engine)
+    except ConfigError:
+        pass
+    else:
+        raise AssertionError("an old revision must ask for `featurestore registry upgrade`")
+    assert upgrade(engine) == head_revision()
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version FROM fs_registry_head")).scalar() == 7
+        assert "fs_feedback" in sa.inspect(conn).get_table_names()
+    engine.dispose()

@@ -56,7 +56,20 @@ class MaterializationConfig(_Section):
         return value
 
 
+class TokenConfig(_Section):
+    """A bearer token, stored as the SHA-256 hex digest of the token (never the token itself)."""
+
+    name: str = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    roles: list[Literal["read", "write", "admin"]] = Field(min_length=1)
+
+
 class ServerConfig(_Section):
+    tokens: list[TokenConfig] = Field(
+        default_factory=list,
+        description="Bearer tokens with roles; create with `featurestore token create`. None: "
+        "the server binds to 127.0.0.1 only.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64)
@@ -119,8 +132,22 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             parsed: Any = value
             if parts == ["definitions"]:
                 parsed = [v for v in value.split(",") if v]
+            elif parts == ["server", "tokens"]:
+                parsed = _json_list(key, value)
             _set(out, parts, parsed)
     return out
+
+
+def _json_list(key: str, value: str) -> Any:
+    import json
+
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{key} is not valid JSON: {exc}",
+            hint='write it as a JSON list, e.g. [{"name": "svc", "sha256": "...", "roles": ["read"]}]',
+        ) from None
 
 
 def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:

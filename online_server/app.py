@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from featurestore.store import FeatureStore
 from online_server import metrics as m
+from online_server.auth import AuthMiddleware, TokenAuth
 from online_server.schemas import (
     ErrorResponse,
     FeaturesRequest,
@@ -129,7 +130,9 @@ def create_app(store: FeatureStore) -> FastAPI:
     server_metrics = ServerMetrics(store)
     app.state.store = store
     app.state.metrics = server_metrics
+    # Added last so it runs first: unauthenticated requests are refused before any work.
     app.add_middleware(_TimingMiddleware, server_metrics=server_metrics)
+    app.add_middleware(AuthMiddleware, auth=TokenAuth(store.config.server.tokens))
 
     @app.exception_handler(FeatureStoreError)
     async def _store_error(request: Request, exc: FeatureStoreError) -> JSONResponse:

@@ -25,6 +25,14 @@ def run(args: argparse.Namespace) -> int:
     store = FeatureStore(args.repo)
     config = store.config.server
     host = args.host or config.host
+    if not config.tokens and host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"No tokens are configured (server.tokens), so the server binds to 127.0.0.1 only, "
+            f"not {host}. Create tokens with `featurestore token create` to serve other hosts."
+        )
+        host = "127.0.0.1"
+    elif not config.tokens:
+        print("No tokens are configured: no authentication, bound to 127.0.0.1 only.")
     port = args.port or config.port
     workers = args.workers or config.workers
     # Fail here, with one clear line, rather than in every worker.

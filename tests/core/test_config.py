@@ -54,3 +54,14 @@ def test_missing_config_says_how_to_fix(tmp_path: Path) -> None:
 def test_unknown_key_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="registy"):
         load_config(write(tmp_path, "project: p\nregisty: x\n"), environ={})
+
+
+def test_tokens_from_environment_as_json(tmp_path: Path) -> None:
+    root = write(tmp_path, "project: p\n")
+    digest = "a" * 64
+    cfg = load_config(root, environ={"FEATURESTORE__SERVER__TOKENS": f'[{{"name": "s", "sha256": "{digest}", "roles": ["read"]}}]'})
+    assert cfg.server.tokens[0].roles == ["read"]
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(root, environ={"FEATURESTORE__SERVER__TOKENS": "[oops"})
+    with pytest.raises(ConfigError, match="server.tokens"):
+        load_config(root, environ={"FEATURESTORE__SERVER__TOKENS": '[{"name": "s", "sha256": "short", "roles": ["read"]}]'})

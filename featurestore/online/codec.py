@@ -1,0 +1,505 @@
+"""Byte encodings of the online store: entity keys and feature values.
+
+Both are data contracts (pinned by golden tests and written down in docs/online-store.md), so
+change them only together with a new format byte.
+
+**Entity keys** are readable in ``redis-cli``: each join key value is written as text (integers in
+decimal, strings as UTF-8, bytes as they are), ``\\`` and ``|`` inside strings and bytes are
+escaped with a backslash, and the values of a composite key are joined with ``|``::
+
+    (42,)            -> b"42"
+    (42, 7)          -> b"42|7"
+    ("a|b", "c\\\\") -> b"a\\|b|c\\\\\\\\"
+
+**Values** of one feature view row (format 1)::
+
+    byte 0           format byte, 0x01
+    bytes 1..B       null bitmap, B = ceil(features / 8); bit i (byte i // 8, bit i % 8,
+                     least significant first) is set when feature i is null
+    fixed section    for each feature, in declaration order, little-endian and unpadded:
+                     bool 1 byte, int32 4, int64 8, float32 4, float64 8, timestamp 8 (int64
+                     microseconds since the epoch, UTC), a fixed vector T[n] n elements of T;
+                     a variable-width feature (string, bytes, T[]) has its data length in bytes
+                     here as uint32; a null feature holds zeros
+    tail             the data of the variable-width features in declaration order: UTF-8 for
+                     strings, raw bytes, packed elements for T[]
+
+Decoding is one precompiled ``struct.unpack_from`` plus, for views with vectors, one
+``operator.itemgetter`` that slices the flat tuple into per-feature values; strings and
+variable vectors are cut from the tail afterwards. Vectors decode to tuples, timestamps to int
+microseconds.
+"""
+
+from __future__ import annotations
+
+import operator
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from registry.errors import DataError
+from registry.types import JOIN_KEY_DTYPES, parse_dtype
+
+FORMAT_VERSION = 1
+KEY_SEPARATOR = b"|"
+KEY_ESCAPE = b"\\"
+
+_INT_KEY_DTYPES = ("int32", "int64")
+_INT32_RANGE = (-(2**31), 2**31 - 1)
+
+# dtype element -> (struct code, numpy dtype, arrow type)
+_ELEMENTS: dict[str, tuple[str, str, pa.DataType]] = {
+    "bool": ("?", "?", pa.bool_()),
+    "int32": ("i", "<i4", pa.int32()),
+    "int64": ("q", "<i8", pa.int64()),
+    "float32": ("f", "<f4", pa.float32()),
+    "float64": ("d", "<f8", pa.float64()),
+    "timestamp": ("q", "<i8", pa.int64()),
+}
+_VARIABLE_SCALARS = ("string", "bytes")
+
+
+# -- entity keys -------------------------------------------------------------------------------
+
+
+def _check_key_dtypes(dtypes: Sequence[str]) -> None:
+    if not dtypes:
+        raise DataError("an entity key needs at least one join key", hint="declare join_keys")
+    for dtype in dtypes:
+        if dtype not in JOIN_KEY_DTYPES:
+            raise DataError(
+                f"join key dtype {dtype!r} cannot be encoded",
+                hint="use one of " + ", ".join(JOIN_KEY_DTYPES),
+            )
+
+
+def _escape(raw: bytes) -> bytes:
+    # The common case has neither byte; `in` is much cheaper than two replace() calls.
+    if b"\\" in raw or b"|" in raw:
+        return raw.replace(b"\\", b"\\\\").replace(b"|", b"\\|")
+    return raw
+
+
+def encode_entity_key(dtypes: Sequence[str], values: Sequence[Any]) -> bytes:
+    """The store key of one entity, from its join key values in declaration order.
+
+    >>> encode_entity_key(["int64", "string"], [42, "a|b"])
+    b'42|a\\\\|b'
+    """
+    if len(dtypes) != len(values):
+        raise DataError(
+            f"expected {len(dtypes)} join key value(s), got {len(values)}: {list(values)!r}",
+            hint="pass one value per join key of the entity, in declaration order",
+        )
+    parts = []
+    for i, (dtype, value) in enumerate(zip(dtypes, values)):
+        if value is None:
+            raise DataError(f"join key #{i} is null", hint="entity keys cannot be null")
+        if dtype in _INT_KEY_DTYPES:
+            if isinstance(value, bool) or not hasattr(value, "__index__"):
+                raise DataError(
+                    f"join key #{i} ({dtype}) must be an integer, got {value!r}",
+                    hint="pass integers for integer join keys",
+                )
+            number = operator.index(value)
+            if dtype == "int32" and not _INT32_RANGE[0] <= number <= _INT32_RANGE[1]:
+                raise DataError(f"join key #{i} ({dtype}) is out of range: {number}")
+            parts.append(b"%d" % number)
+        elif dtype == "string":
+            if not isinstance(value, str):
+                raise DataError(f"join key #{i} (string) must be a str, got {value!r}")
+            parts.append(_escape(value.encode("utf-8")))
+        elif dtype == "bytes":
+            if not isinstance(value, (bytes, bytearray, memoryview)):
+                raise DataError(f"join key #{i} (bytes) must be bytes, got {value!r}")
+            parts.append(_escape(bytes(value)))
+        else:
+            _check_key_dtypes([dtype])
+    return KEY_SEPARATOR.join(parts)
+
+
+def _key_column(i: int, dtype: str, column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One join key column as binary, already escaped."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if column.null_count:
+        raise DataError(
+            f"join key #{i} has {column.null_count} null value(s)",
+            hint="drop or fill rows with null join keys before writing them",
+        )
+    try:
+        if dtype in _INT_KEY_DTYPES:
+            if not pa.types.is_integer(column.type):
+                raise DataError(f"join key #{i} ({dtype}) has arrow type {column.type}")
+            # Arrow formats integers in C; casting to the declared width first checks the range.
+            return (
+                column.cast(pa.int64() if dtype == "int64" else pa.int32())
+                .cast(pa.string())
+                .cast(pa.binary())
+            )
+        if dtype == "string":
+            text = column.cast(pa.string())
+            escaped = pc.replace_substring(pc.replace_substring(text, "\\", "\\\\"), "|", "\\|")
+            return escaped.cast(pa.binary())
+        if dtype == "bytes":
+            raw = column.cast(pa.binary())
+            return pc.replace_substring(pc.replace_substring(raw, b"\\", b"\\\\"), b"|", b"\\|")
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"join key #{i} does not fit {dtype}: {exc}") from None
+    _check_key_dtypes([dtype])
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def encode_entity_keys(
+    dtypes: Sequence[str], columns: Sequence[pa.Array | pa.ChunkedArray]
+) -> list[bytes]:
+    """Vectorised ``encode_entity_key`` over Arrow columns, one per join key.
+
+    >>> encode_entity_keys(["int64", "int64"], [pa.array([1, 2]), pa.array([7, 8])])
+    [b'1|7', b'2|8']
+    """
+    _check_key_dtypes(dtypes)
+    if len(dtypes) != len(columns):
+        raise DataError(f"expected {len(dtypes)} join key column(s), got {len(columns)}")
+    parts = [_key_column(i, d, c) for i, (d, c) in enumerate(zip(dtypes, columns))]
+    if len(parts) == 1:
+        return parts[0].to_pylist()
+    joined = pc.binary_join_element_wise(*parts, pa.scalar(KEY_SEPARATOR, pa.binary()))
+    return joined.to_pylist()
+
+
+def decode_entity_key(dtypes: Sequence[str], key: bytes) -> tuple[Any, ...]:
+    """The join key values of a store key (the inverse of ``encode_entity_key``).
+
+    Used for inspection and tests, not on a hot path.
+
+    >>> decode_entity_key(["int64", "string"], b"42|a\\\\|b")
+    (42, 'a|b')
+    """
+    _check_key_dtypes(dtypes)
+    parts: list[bytes] = []
+    current = bytearray()
+    i, n = 0, len(key)
+    while i < n:
+        byte = key[i]
+        if byte == 0x5C and i + 1 < n:  # backslash: take the next byte literally
+            current.append(key[i + 1])
+            i += 2
+            continue
+        if byte == 0x7C:  # separator
+            parts.append(bytes(current))
+            current = bytearray()
+        else:
+            current.append(byte)
+        i += 1
+    parts.append(bytes(current))
+    if len(parts) != len(dtypes):
+        raise DataError(f"entity key {key!r} has {len(parts)} part(s), expected {len(dtypes)}")
+    out: list[Any] = []
+    for dtype, part in zip(dtypes, parts):
+        if dtype in _INT_KEY_DTYPES:
+            out.append(int(part))
+        elif dtype == "string":
+            out.append(part.decode("utf-8"))
+        else:
+            out.append(part)
+    return tuple(out)
+
+
+# -- values ------------------------------------------------------------------------------------
+
+
+class _Field:
+    """How one feature is laid out; built once per codec."""
+
+    __slots__ = ("arrow", "code", "dtype", "element", "length", "name", "np_dtype", "variable")
+
+    def __init__(self, name: str, dtype: str) -> None:
+        parsed = parse_dtype(dtype)
+        self.name = name
+        self.dtype = dtype
+        self.element = parsed.element
+        self.length = parsed.length  # None scalar, 0 variable vector, n fixed vector
+        self.variable = parsed.element in _VARIABLE_SCALARS or parsed.length == 0
+        if parsed.element in _VARIABLE_SCALARS:
+            self.code, self.np_dtype, self.arrow = "", "", pa.binary()
+        else:
+            self.code, self.np_dtype, self.arrow = _ELEMENTS[parsed.element]
+
+
+class ValueCodec:
+    """Encodes and decodes the feature values of one feature view (format 1, see module doc).
+
+    >>> codec = ValueCodec(["float32", "int64", "string"])
+    >>> codec.decode(codec.encode_row([0.5, 3, "ab"]))
+    (0.5, 3, 'ab')
+    """
+
+    def __init__(self, dtypes: Sequence[str], names: Sequence[str] | None = None) -> None:
+        if not dtypes:
+            raise DataError("a value codec needs at least one feature")
+        names = list(names) if names is not None else [f"#{i}" for i in range(len(dtypes))]
+        if len(names) != len(dtypes):
+            raise DataError(f"{len(names)} feature names for {len(dtypes)} dtypes")
+        self.dtypes = tuple(dtypes)
+        self._fields = [_Field(n, d) for n, d in zip(names, dtypes)]
+        self._null_bytes = (len(self._fields) + 7) // 8
+        header = f"{1 + self._null_bytes}s"
+        codes = []
+        # Where each feature sits in the flat unpacked tuple: an index or a slice (vectors).
+        picks: list[int | slice] = []
+        position = 1
+        for f in self._fields:
+            if f.variable:
+                codes.append("I")
+                picks.append(position)
+                position += 1
+            elif f.length:
+                codes.append(f"{f.length}{f.code}")
+                picks.append(slice(position, position + f.length))
+                position += f.length
+            else:
+                codes.append(f.code)
+                picks.append(position)
+                position += 1
+        self._struct = struct.Struct("<" + header + "".join(codes))
+        self._unpack_from = self._struct.unpack_from
+        self.fixed_size = self._struct.size
+        self._clean_header = bytes([FORMAT_VERSION]) + b"\x00" * self._null_bytes
+        self._shape = self._make_shape(picks, position)
+        self._variable = [(i, f) for i, f in enumerate(self._fields) if f.variable]
+        # The exact size of every payload of a view without variable-width features.
+        self._plain_size = -1 if self._variable else self.fixed_size
+        self._np_dtype = np.dtype(
+            [("header", "u1", (1 + self._null_bytes,))]
+            + [
+                (f"f{i}", "<u4" if f.variable else f.np_dtype, (f.length,) if f.length else ())
+                for i, f in enumerate(self._fields)
+            ]
+        )
+        assert self._np_dtype.itemsize == self.fixed_size
+
+    @staticmethod
+    def _make_shape(picks: list[int | slice], end: int) -> Callable[[tuple], tuple]:
+        if all(isinstance(p, int) for p in picks):
+            # Scalars only: the values are the flat tuple minus the header.
+            return operator.itemgetter(slice(1, end))
+        getter = operator.itemgetter(*picks)
+        if len(picks) == 1:
+            return lambda flat: (getter(flat),)
+        return getter  # type: ignore[return-value]
+
+    # -- decoding (the serving hot path) --------------------------------------------------------
+    def decode(self, payload: bytes) -> tuple[Any, ...]:
+        """The feature values of one stored payload, in declaration order.
+
+        >>> codec = ValueCodec(["int32", "float32[2]"])
+        >>> codec.decode(bytes.fromhex("0100070000000000803f00000040"))
+        (7, (1.0, 2.0))
+        """
+        try:
+            flat = self._unpack_from(payload)
+        except struct.error:
+            raise self._corrupt(payload) from None
+        # One comparison covers format, "no nulls" and "no variable-width tail"; the length
+        # check catches payloads written for another layout (a feature added or dropped).
+        if flat[0] == self._clean_header and len(payload) == self._plain_size:
+            return self._shape(flat)
+        return self._decode_slow(payload, flat)
+
+    def decode_many(self, payloads: Sequence[bytes | None]) -> list[tuple[Any, ...] | None]:
+        """``decode`` over many payloads; ``None`` (a missing key) stays ``None``."""
+        decode = self.decode
+        return [None if p is None else decode(p) for p in payloads]
+
+    def _decode_slow(self, payload: bytes, flat: tuple) -> tuple[Any, ...]:
+        header = flat[0]
+        if header[0] != FORMAT_VERSION:
+            raise DataError(
+                f"online value has format {header[0]}, this version reads format {FORMAT_VERSION}",
+                hint="upgrade featurestore, or re-materialize the view with this version",
+            )
+        out = list(self._shape(flat))
+        offset = self.fixed_size
+        for i, f in self._variable:
+            size = out[i]
+            end = offset + size
+            if end > len(payload) or (f.length == 0 and size % struct.calcsize(f.code)):
+                raise self._corrupt(payload)
+            if f.element == "string":
+                out[i] = payload[offset:end].decode("utf-8")
+            elif f.element == "bytes":
+                out[i] = payload[offset:end]
+            else:
+                out[i] = struct.unpack_from(
+                    f"<{size // struct.calcsize(f.code)}{f.code}", payload, offset
+                )
+            offset = end
+        if offset != len(payload):
+            raise self._corrupt(payload)
+        nulls = int.from_bytes(header[1:], "little")
+        if nulls:
+            for i in range(len(out)):
+                if nulls >> i & 1:
+                    out[i] = None
+        return tuple(out)
+
+    def _corrupt(self, payload: bytes) -> DataError:
+        return DataError(
+            f"online value of {len(payload)} bytes does not match the view's layout "
+            f"({', '.join(self.dtypes)})",
+            hint="the view's features changed since it was materialized; materialize it again",
+        )
+
+    # -- encoding --------------------------------------------------------------------------------
+    def encode_row(self, values: Sequence[Any]) -> bytes:
+        """One row of Python values (None for null) as a payload; for streams and tests.
+
+        >>> ValueCodec(["int32", "float32[2]"]).encode_row([7, [1.0, 2.0]]).hex()
+        '0100070000000000803f00000040'
+        """
+        if len(values) != len(self._fields):
+            raise DataError(f"expected {len(self._fields)} values, got {len(values)}")
+        nulls = 0
+        flat: list[Any] = []
+        tail: list[bytes] = []
+        for i, (f, value) in enumerate(zip(self._fields, values)):
+            if value is None:
+                nulls |= 1 << i
+                if f.variable:
+                    flat.append(0)
+                else:
+                    flat.extend([0] * (f.length or 1))
+                continue
+            if f.variable:
+                if f.element == "string":
+                    data = value.encode("utf-8")
+                elif f.element == "bytes":
+                    data = bytes(value)
+                else:
+                    data = struct.pack(f"<{len(value)}{f.code}", *value)
+                flat.append(len(data))
+                tail.append(data)
+            elif f.length:
+                if len(value) != f.length:
+                    raise DataError(
+                        f"feature {f.name} ({f.dtype}) got a vector of length {len(value)}"
+                    )
+                flat.extend(value)
+            else:
+                flat.append(value)
+        header = bytes([FORMAT_VERSION]) + nulls.to_bytes(self._null_bytes, "little")
+        try:
+            fixed = self._struct.pack(header, *flat)
+        except struct.error as exc:
+            raise DataError(f"a value does not fit the view's dtypes: {exc}") from None
+        return fixed + b"".join(tail) if tail else fixed
+
+    def encode_rows(self, columns: Sequence[pa.Array | pa.ChunkedArray]) -> list[bytes]:
+        """Payloads of many rows from Arrow columns, one per feature in declaration order.
+
+        The fixed section of every row is filled column by column into one numpy structured
+        array, so the per-row Python work is one bytes object (plus a join for views with
+        strings or variable vectors).
+
+        >>> ValueCodec(["float32", "int64"]).encode_rows([pa.array([0.5]), pa.array([3])])[0].hex()
+        '01000000003f0300000000000000'
+        """
+        if len(columns) != len(self._fields):
+            raise DataError(f"expected {len(self._fields)} columns, got {len(columns)}")
+        arrays = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in columns]
+        n = len(arrays[0]) if arrays else 0
+        for f, a in zip(self._fields, arrays):
+            if len(a) != n:
+                raise DataError(f"column {f.name} has {len(a)} rows, expected {n}")
+        if n == 0:
+            return []
+        table = np.zeros(n, dtype=self._np_dtype)
+        nulls = np.zeros((n, len(self._fields)), dtype=bool)
+        tails: list[list[bytes]] = []
+        for i, (f, array) in enumerate(zip(self._fields, arrays)):
+            if array.null_count:
+                nulls[:, i] = array.is_null().to_numpy(zero_copy_only=False)
+            try:
+                if f.variable:
+                    sizes, data = self._variable_column(f, array)
+                    table[f"f{i}"] = sizes
+                    tails.append(data)
+                elif f.length:
+                    self._fill_vector(table[f"f{i}"], f, array, nulls[:, i])
+                else:
+                    table[f"f{i}"] = self._scalar_numpy(f, array)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError) as exc:
+                raise DataError(
+                    f"column {f.name} ({array.type}) does not fit dtype {f.dtype}: {exc}",
+                    hint="cast the source column or fix the feature's dtype",
+                ) from None
+        header = table["header"]
+        header[:, 0] = FORMAT_VERSION
+        header[:, 1:] = np.packbits(nulls, axis=1, bitorder="little")
+        # A void view turns each record into one bytes object in C, without a Python slice loop.
+        fixed = table.view(f"V{self.fixed_size}").tolist()
+        if not tails:
+            return fixed
+        if len(tails) == 1:
+            return [a + b for a, b in zip(fixed, tails[0])]
+        return [b"".join(parts) for parts in zip(fixed, *tails)]
+
+    @staticmethod
+    def _scalar_numpy(f: _Field, array: pa.Array) -> np.ndarray:
+        if f.element == "timestamp" and pa.types.is_timestamp(array.type):
+            # Sub-microsecond precision is dropped on purpose: the store keeps microseconds.
+            array = pc.cast(array, pa.timestamp("us", array.type.tz), safe=False)
+            array = array.view(pa.int64())
+        filled = array.cast(f.arrow).fill_null(False if f.element == "bool" else 0)
+        return filled.to_numpy(zero_copy_only=False)
+
+    @staticmethod
+    def _flat_values(f: _Field, array: pa.Array) -> np.ndarray:
+        if not (
+            pa.types.is_list(array.type)
+            or pa.types.is_large_list(array.type)
+            or pa.types.is_fixed_size_list(array.type)
+        ):
+            raise TypeError("expected a list column")
+        values = pc.list_flatten(array)
+        if values.null_count:
+            raise DataError(
+                f"feature {f.name} ({f.dtype}) has {values.null_count} null vector element(s)",
+                hint="fill them (e.g. with 0) or make the whole vector null",
+            )
+        return values.cast(f.arrow).to_numpy(zero_copy_only=False)
+
+    def _fill_vector(
+        self, target: np.ndarray, f: _Field, array: pa.Array, null: np.ndarray
+    ) -> None:
+        lengths = pc.list_value_length(array).fill_null(f.length).to_numpy(zero_copy_only=False)
+        if (lengths != f.length).any():
+            bad = int(lengths[lengths != f.length][0])
+            raise DataError(f"feature {f.name} ({f.dtype}) got a vector of length {bad}")
+        values = self._flat_values(f, array).reshape(-1, int(f.length or 1))
+        if null.any():
+            target[~null] = values
+        else:
+            target[:] = values
+
+    def _variable_column(self, f: _Field, array: pa.Array) -> tuple[np.ndarray, list[bytes]]:
+        if f.element in _VARIABLE_SCALARS:
+            if f.element == "string" and not (
+                pa.types.is_string(array.type) or pa.types.is_large_string(array.type)
+            ):
+                raise TypeError("expected a string column")
+            raw = array.cast(pa.binary()).fill_null(b"")
+            sizes = pc.binary_length(raw).to_numpy(zero_copy_only=False)
+            return sizes, raw.to_pylist()
+        counts = pc.list_value_length(array).fill_null(0).to_numpy(zero_copy_only=False)
+        data = self._flat_values(f, array).tobytes()
+        itemsize = struct.calcsize(f.code)
+        sizes = counts.astype(np.int64) * itemsize
+        ends = np.cumsum(sizes).tolist()
+        starts = [0, *ends[:-1]]
+        return sizes, [data[s:e] for s, e in zip(starts, ends)]

@@ -1,0 +1,360 @@
+"""The embedded online store (the default): one SQLite file in WAL mode.
+
+Several processes may use the file at once (a materialization job writing while servers read):
+WAL lets readers run during a write, every write chunk is one short ``BEGIN IMMEDIATE``
+transaction (so two writers queue on the write lock instead of deadlocking on a lock upgrade),
+and ``busy_timeout`` makes a writer wait up to 30 s for the lock instead of failing. Each thread
+gets its own connection, and a forked child opens fresh ones.
+
+The schema is versioned with ``PRAGMA user_version`` and created by the small migration list
+below on first open; see docs/online-store.md for the tables.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from featurestore.online.base import (
+    OnlineStore,
+    Row,
+    check_namespace,
+    check_view,
+    chunks,
+    expiry_cutoff_us,
+)
+
+if TYPE_CHECKING:
+    from featurestore.config import OnlineStoreConfig
+
+BUSY_TIMEOUT_S = 30.0
+# Each step brings the schema from version i to i + 1; never edit a released step, append one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE latest (
+            project TEXT NOT NULL,
+            view TEXT NOT NULL,
+            entity_key BLOB NOT NULL,
+            event_ts INTEGER NOT NULL,
+            created_ts INTEGER NOT NULL,
+            payload BLOB NOT NULL,
+            PRIMARY KEY (project, view, entity_key)
+        ) WITHOUT ROWID""",
+        # Blobs can be kilobytes (model state), too large for a WITHOUT ROWID b-tree's cells.
+        """CREATE TABLE blobs (
+            project TEXT NOT NULL,
+            namespace TEXT NOT NULL,
+            key BLOB NOT NULL,
+            value BLOB NOT NULL,
+            PRIMARY KEY (project, namespace, key)
+        )""",
+        """CREATE TABLE meta (
+            project TEXT NOT NULL,
+            view TEXT NOT NULL,
+            newest_event_ts INTEGER NOT NULL,
+            PRIMARY KEY (project, view)
+        ) WITHOUT ROWID""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_UPSERT_LATEST = """
+INSERT INTO latest (project, view, entity_key, event_ts, created_ts, payload)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (project, view, entity_key) DO UPDATE SET
+    event_ts = excluded.event_ts, created_ts = excluded.created_ts, payload = excluded.payload
+WHERE (excluded.event_ts, excluded.created_ts) >= (latest.event_ts, latest.created_ts)
+"""
+_UPSERT_NEWEST = """
+INSERT INTO meta (project, view, newest_event_ts) VALUES (?, ?, ?)
+ON CONFLICT (project, view) DO UPDATE SET
+    newest_event_ts = max(meta.newest_event_ts, excluded.newest_event_ts)
+"""
+_UPSERT_BLOB = """
+INSERT INTO blobs (project, namespace, key, value) VALUES (?, ?, ?, ?)
+ON CONFLICT (project, namespace, key) DO UPDATE SET value = excluded.value
+"""
+# Keys per read statement: at most 2 * 400 + 1 parameters, under the historical limit of 999.
+# Batches are padded up to one of these sizes so a handful of statements cover every read and
+# stay in sqlite3's statement cache.
+_READ_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 400)
+
+
+def _bucket(n: int) -> int:
+    return next(size for size in _READ_SIZES if size >= n)
+
+
+def _read_latest_sql(n: int) -> str:
+    # A constant table joined to the primary key: SQLite walks the keys and does one index
+    # lookup each (CROSS JOIN fixes that order), where `(view, key) IN (...)` would scan the
+    # whole project.
+    values = ",".join(["(?,?)"] * n)
+    return (
+        f"WITH k(view, entity_key) AS (VALUES {values}) "
+        "SELECT k.view, k.entity_key, l.event_ts, l.payload FROM k CROSS JOIN latest AS l "
+        "WHERE l.project = ? AND l.view = k.view AND l.entity_key = k.entity_key"
+    )
+
+
+def _get_blobs_sql(n: int) -> str:
+    values = ",".join(["(?)"] * n)
+    return (
+        f"WITH k(key) AS (VALUES {values}) "
+        "SELECT k.key, b.value FROM k CROSS JOIN blobs AS b "
+        "WHERE b.project = ? AND b.namespace = ? AND b.key = k.key"
+    )
+
+
+class EmbeddedOnlineStore(OnlineStore):
+    """Latest values and blobs in one SQLite file, safe to share between processes.
+
+    >>> store = EmbeddedOnlineStore("demo", Path("/tmp/online.db"))  # doctest: +SKIP
+    >>> store.write_latest("user_stats", [(b"42", 1_000, 1_000, b"payload")])  # doctest: +SKIP
+    1
+    """
+
+    kind: ClassVar[str] = "embedded"
+    multi_process: ClassVar[bool] = True
+    #: Rows per write transaction: long enough to amortise the commit, short enough that
+    #: readers in other processes and a second writer wait only milliseconds.
+    write_chunk_rows: ClassVar[int] = 5_000
+
+    def __init__(self, project: str, path: str | Path) -> None:
+        super().__init__(project)
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._migrated = False
+        self._conn()  # fail at open time, not at the first read, when the file is unusable
+
+    @classmethod
+    def from_config(
+        cls, config: OnlineStoreConfig, project: str, root: Path
+    ) -> EmbeddedOnlineStore:
+        path = Path(config.path).expanduser()
+        return cls(project, path if path.is_absolute() else root / path)
+
+    @property
+    def address(self) -> str:
+        return str(self.path)
+
+    # -- connections -----------------------------------------------------------------------------
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            raise self._unavailable(what, exc, self._hint()) from exc
+        except sqlite3.DatabaseError as exc:
+            # Exactly DatabaseError means a damaged or foreign file; its subclasses
+            # (IntegrityError, ProgrammingError, ...) are bugs and propagate as they are.
+            if type(exc) is not sqlite3.DatabaseError:
+                raise
+            raise self._unavailable(what, exc, self._hint()) from exc
+
+    def _hint(self) -> str:
+        return (
+            f"check that {self.path.parent} exists and is writable and that {self.path.name} is "
+            "an online store file, or set online_store.path in featurestore.yaml"
+        )
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():
+            # A forked child must not use the parent's connections (SQLite forbids it); they
+            # are dropped without closing, which would release the parent's locks.
+            self._pid, self._local, self._connections = os.getpid(), threading.local(), []
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            self._check_open()
+            conn = self._open()
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._unavailable("creating its directory", exc, self._hint()) from exc
+        with self._guard("opening"):
+            conn = sqlite3.connect(
+                self.path,
+                timeout=BUSY_TIMEOUT_S,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,  # close() may run on another thread
+                cached_statements=256,
+            )
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                if not self._migrated:
+                    self._migrate(conn)
+                    self._migrated = True
+            except BaseException:
+                conn.close()
+                raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return
+        with _transaction(conn):
+            # Read again under the write lock: another process may have migrated meanwhile.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise self._unavailable(
+                    "opening",
+                    RuntimeError(f"schema version {version} is newer than {SCHEMA_VERSION}"),
+                    "upgrade featurestore, or point online_store.path at another file",
+                )
+            for step in MIGRATIONS[version:]:
+                for statement in step:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+        self._local = threading.local()
+        super().close()
+
+    # -- latest values ---------------------------------------------------------------------------
+    def write_latest(self, view: str, rows: Sequence[Row], ttl_seconds: int = 0) -> int:
+        self._check_open()
+        check_view(view)
+        cutoff = expiry_cutoff_us(ttl_seconds)
+        conn = self._conn()
+        project = self.project
+        written = 0
+        for chunk in chunks(rows, self.write_chunk_rows):
+            if cutoff is not None:
+                chunk = [row for row in chunk if row[1] > cutoff]
+                if not chunk:
+                    continue
+            # The max over the chunk, not over the rows that won: a row that lost is older than
+            # a stored row, whose time the meta row already holds.
+            newest = max(row[1] for row in chunk)
+            params = [(project, view, k, e, c, p) for k, e, c, p in chunk]
+            with self._guard("writing"), _transaction(conn):
+                written += conn.executemany(_UPSERT_LATEST, params).rowcount
+                conn.execute(_UPSERT_NEWEST, (project, view, newest))
+        return written
+
+    def read_latest(self, view_keys: Sequence[tuple[str, bytes]]) -> list[tuple[int, bytes] | None]:
+        self._check_open()
+        if not view_keys:
+            return []
+        pairs = [(view, key) for view, key in view_keys]
+        found: dict[tuple[str, bytes], tuple[int, bytes]] = {}
+        conn = self._conn()
+        limit = _READ_SIZES[-1]
+        with self._guard("reading"):
+            # Several statements read one snapshot inside a transaction; one needs none.
+            snapshot = _transaction(conn, "BEGIN") if len(pairs) > limit else _nothing()
+            with snapshot:
+                for start in range(0, len(pairs), limit):
+                    batch = pairs[start : start + limit]
+                    size = _bucket(len(batch))
+                    batch += [batch[-1]] * (size - len(batch))
+                    params: list[Any] = [x for pair in batch for x in pair]
+                    params.append(self.project)
+                    for view, key, event_ts, payload in conn.execute(
+                        _read_latest_sql(size), params
+                    ):
+                        found[(view, key)] = (event_ts, payload)
+        return [found.get(pair) for pair in pairs]
+
+    def newest_event_ts(self, views: Sequence[str]) -> dict[str, int | None]:
+        self._check_open()
+        views = list(views)
+        out: dict[str, int | None] = dict.fromkeys(views)
+        if not views:
+            return out
+        marks = ",".join("?" * len(views))
+        with self._guard("reading"):
+            rows = (
+                self._conn()
+                .execute(
+                    "SELECT view, newest_event_ts FROM meta "
+                    f"WHERE project = ? AND view IN ({marks})",
+                    [self.project, *views],
+                )
+                .fetchall()
+            )
+        out.update(rows)
+        return out
+
+    # -- blobs -----------------------------------------------------------------------------------
+    def put_blobs(self, namespace: str, items: Mapping[bytes, bytes]) -> None:
+        self._check_open()
+        check_namespace(namespace)
+        if not items:
+            return
+        params = [(self.project, namespace, bytes(k), bytes(v)) for k, v in items.items()]
+        conn = self._conn()
+        with self._guard("writing"), _transaction(conn):
+            conn.executemany(_UPSERT_BLOB, params)
+
+    def get_blobs(self, namespace: str, keys: Sequence[bytes]) -> list[bytes | None]:
+        self._check_open()
+        check_namespace(namespace)
+        keys = list(keys)
+        if not keys:
+            return []
+        found: dict[bytes, bytes] = {}
+        conn = self._conn()
+        limit = _READ_SIZES[-1]
+        with self._guard("reading"):
+            snapshot = _transaction(conn, "BEGIN") if len(keys) > limit else _nothing()
+            with snapshot:
+                for start in range(0, len(keys), limit):
+                    batch = keys[start : start + limit]
+                    size = _bucket(len(batch))
+                    batch += [batch[-1]] * (size - len(batch))
+                    sql = _get_blobs_sql(size)
+                    found.update(conn.execute(sql, [*batch, self.project, namespace]))
+        return [found.get(key) for key in keys]
+
+    def delete_namespace(self, namespace: str) -> int:
+        self._check_open()
+        check_namespace(namespace)
+        conn = self._conn()
+        with self._guard("writing"), _transaction(conn):
+            cursor = conn.execute(
+                "DELETE FROM blobs WHERE project = ? AND namespace = ?", (self.project, namespace)
+            )
+        return cursor.rowcount
+
+    def ping(self) -> None:
+        self._check_open()
+        with self._guard("pinging"):
+            self._conn().execute("SELECT count(*) FROM meta WHERE project = ?", (self.project,))
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Iterator[None]:
+    """One transaction; IMMEDIATE takes the write lock up front so the busy timeout applies."""
+    conn.execute(begin)
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.rollback()
+        raise
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield

@@ -1,0 +1,49 @@
+"""Open the configured online store: a ``type`` -> ``"module:Class"`` map and one importer.
+
+Backends are imported only when chosen, so redis-py loads only for the redis store.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from featurestore.config import OnlineStoreConfig
+from featurestore.online.base import OnlineStore
+from registry.errors import ConfigError
+
+BACKENDS: dict[str, str] = {
+    "memory": "featurestore.online.memory:MemoryOnlineStore",
+    "embedded": "featurestore.online.embedded:EmbeddedOnlineStore",
+    "redis": "featurestore.online.redis_store:RedisOnlineStore",
+}
+
+
+def load_backend(type_: str) -> type[OnlineStore]:
+    """The store class registered for ``type_``, checked to be an ``OnlineStore``."""
+    target = BACKENDS.get(type_)
+    if target is None:
+        raise ConfigError(
+            f"unknown online_store.type {type_!r}",
+            hint="use one of " + ", ".join(sorted(BACKENDS)),
+        )
+    module_name, _, class_name = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, OnlineStore)):
+        raise ConfigError(
+            f"online store backend {target!r} is not an OnlineStore subclass",
+            hint="fix featurestore.online.factory.BACKENDS",
+        )
+    return cls
+
+
+def open_online_store(config: OnlineStoreConfig, project: str, root: Path) -> OnlineStore:
+    """Open the online store a repository's config names, for one project.
+
+    Relative paths (the embedded store's file) are taken from ``root``, the repository root.
+
+    >>> store = open_online_store(OnlineStoreConfig(type="memory"), "demo", Path("."))
+    >>> type(store).__name__
+    'MemoryOnlineStore'
+    """
+    return load_backend(config.type).from_config(config, project, Path(root))

@@ -101,6 +101,18 @@ class OnlineStore(ABC):
         """Delete every blob of a namespace; returns how many were deleted."""
         self._unimplemented("delete_namespace")
 
+    def compare_and_swap_blobs(
+        self, namespace: str, swaps: Mapping[bytes, tuple[bytes | None, bytes]]
+    ) -> list[bytes]:
+        """Atomically, per key: write ``new`` only if the stored blob still equals ``expected``
+        (None: the key must be absent). Returns the keys whose swap failed because someone else
+        wrote first; the caller re-reads those and retries. One round trip.
+
+        This is what keeps concurrent read-modify-write of per-user model state by several
+        server processes from losing updates.
+        """
+        self._unimplemented("compare_and_swap_blobs")
+
     @abstractmethod
     def ping(self) -> None:
         """Raise StoreUnavailableError when the store cannot be reached."""

@@ -336,6 +336,40 @@ class EmbeddedOnlineStore(OnlineStore):
             )
         return cursor.rowcount
 
+    def compare_and_swap_blobs(
+        self, namespace: str, swaps: Mapping[bytes, tuple[bytes | None, bytes]]
+    ) -> list[bytes]:
+        self._check_open()
+        check_namespace(namespace)
+        if not swaps:
+            return []
+        keys = [bytes(k) for k in swaps]
+        conn = self._conn()
+        failed: list[bytes] = []
+        # BEGIN IMMEDIATE takes the write lock first, so the read and the writes below see no
+        # other writer in between: every process's swaps are serialised.
+        with self._guard("writing"), _transaction(conn):
+            current: dict[bytes, bytes] = {}
+            for start in range(0, len(keys), 900):
+                batch = keys[start : start + 900]
+                marks = ",".join("?" * len(batch))
+                current.update(
+                    conn.execute(
+                        f"SELECT key, value FROM blobs WHERE project = ? AND namespace = ? AND key IN ({marks})",
+                        [self.project, namespace, *batch],
+                    )
+                )
+            params = []
+            for key, (expected, new) in swaps.items():
+                key = bytes(key)
+                if current.get(key) == expected:
+                    params.append((self.project, namespace, key, bytes(new)))
+                else:
+                    failed.append(key)
+            if params:
+                conn.executemany(_UPSERT_BLOB, params)
+        return failed
+
     def ping(self) -> None:
         self._check_open()
         with self._guard("pinging"):

@@ -118,5 +118,20 @@ class MemoryOnlineStore(OnlineStore):
         with self._space.lock:
             return len(self._space.blobs.pop(namespace, {}))
 
+    def compare_and_swap_blobs(
+        self, namespace: str, swaps: Mapping[bytes, tuple[bytes | None, bytes]]
+    ) -> list[bytes]:
+        self._check_open()
+        check_namespace(namespace)
+        failed = []
+        with self._space.lock:
+            blobs = self._space.blobs.setdefault(namespace, {})
+            for key, (expected, new) in swaps.items():
+                if blobs.get(bytes(key)) == expected:
+                    blobs[bytes(key)] = bytes(new)
+                else:
+                    failed.append(bytes(key))
+        return failed
+
     def ping(self) -> None:
         self._check_open()

@@ -321,6 +321,24 @@ class RedisOnlineStore(OnlineStore):
                 deleted += self._client.unlink(*batch)
         return deleted
 
+    def compare_and_swap_blobs(
+        self, namespace: str, swaps: Mapping[bytes, tuple[bytes | None, bytes]]
+    ) -> list[bytes]:
+        prefix = self.blob_prefix(namespace)
+        if not swaps:
+            self._check_open()
+            return []
+        keys = [bytes(k) for k in swaps]
+        args: list[bytes] = []
+        for expected, new in swaps.values():
+            # A leading flag byte tells "must be absent" from "must equal these bytes".
+            args += (b"0" if expected is None else b"1" + bytes(expected), bytes(new))
+        with self._guard("writing"):
+            failed = self._client.execute_command(
+                "EVAL", _CAS_SCRIPT, len(keys), *[prefix + k for k in keys], *args
+            )
+        return [keys[int(i) - 1] for i in failed]
+
     def ping(self) -> None:
         with self._guard("pinging"):
             self._client.ping()
@@ -329,6 +347,29 @@ class RedisOnlineStore(OnlineStore):
         if not self._closed:
             self._client.close()
         super().close()
+
+
+# Atomic per call (Redis runs a script without interleaving): returns the 1-based indexes of the
+# keys whose current value did not match the expected one.
+_CAS_SCRIPT = b"""
+local failed = {}
+for i = 1, #KEYS do
+  local expected = ARGV[2 * i - 1]
+  local current = redis.call('GET', KEYS[i])
+  local ok
+  if string.sub(expected, 1, 1) == '0' then
+    ok = (current == false)
+  else
+    ok = (current ~= false) and (current == string.sub(expected, 2))
+  end
+  if ok then
+    redis.call('SET', KEYS[i], ARGV[2 * i])
+  else
+    failed[#failed + 1] = i
+  end
+end
+return failed
+"""
 
 
 def _glob_escape(raw: bytes) -> bytes:

@@ -1,0 +1,77 @@
+"""compare_and_swap_blobs: the primitive that keeps concurrent per-user updates from being lost."""
+
+from __future__ import annotations
+
+import multiprocessing
+import struct
+import threading
+from pathlib import Path
+
+import pytest
+
+from featurestore.config import OnlineStoreConfig
+from featurestore.online.base import OnlineStore
+from featurestore.online.factory import open_online_store
+
+
+def test_swap_semantics(store: OnlineStore) -> None:
+    assert store.compare_and_swap_blobs("cas", {b"a": (None, b"1"), b"b": (None, b"1")}) == []
+    assert store.get_blobs("cas", [b"a", b"b"]) == [b"1", b"1"]
+    # One stale expectation fails alone; the other key is written.
+    failed = store.compare_and_swap_blobs("cas", {b"a": (b"1", b"2"), b"b": (b"0", b"2")})
+    assert failed == [b"b"]
+    assert store.get_blobs("cas", [b"a", b"b"]) == [b"2", b"1"]
+    # Absent means absent: an existing key does not match None.
+    assert store.compare_and_swap_blobs("cas", {b"a": (None, b"3")}) == [b"a"]
+    assert store.compare_and_swap_blobs("cas", {}) == []
+
+
+def _increment(store: OnlineStore, times: int) -> None:
+    for _ in range(times):
+        while True:
+            (current,) = store.get_blobs("cas", [b"counter"])
+            value = struct.unpack("<q", current)[0] if current else 0
+            if not store.compare_and_swap_blobs("cas", {b"counter": (current, struct.pack("<q", value + 1))}):
+                break
+
+
+def test_concurrent_increments_lose_nothing_threads(store: OnlineStore) -> None:
+    threads = [threading.Thread(target=_increment, args=(store, 200)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert struct.unpack("<q", store.get_blobs("cas", [b"counter"])[0])[0] == 600
+
+
+def _increment_in_process(kind: str, root: str, url: str, project: str, times: int, barrier) -> None:  # type: ignore[no-untyped-def]
+    config = OnlineStoreConfig.model_validate({"type": kind, "path": "online.db", "url": url})
+    store = open_online_store(config, project, Path(root))
+    barrier.wait()
+    _increment(store, times)
+    store.close()
+
+
+@pytest.mark.parametrize("kind", ["embedded", pytest.param("redis", marks=pytest.mark.integration)])
+def test_concurrent_increments_lose_nothing_processes(
+    kind: str, tmp_path: Path, unique_project: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("redis_url") if kind == "redis" else "redis://unused:1/0"
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [
+        ctx.Process(target=_increment_in_process, args=(kind, str(tmp_path), url, unique_project, 150, barrier))
+        for _ in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    config = OnlineStoreConfig.model_validate({"type": kind, "path": "online.db", "url": url})
+    store = open_online_store(config, unique_project, tmp_path)
+    try:
+        assert struct.unpack("<q", store.get_blobs("cas", [b"counter"])[0])[0] == 300
+    finally:
+        store.delete_namespace("cas")
+        store.close()

@@ -1,0 +1,189 @@
+"""The durable feedback log: every accepted observation, before it is acknowledged.
+
+The log lives in the registry database (table ``fs_feedback``): the embedded SQLite file by
+default, PostgreSQL in production, written there through psycopg directly (one
+``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING RETURNING`` per batch). It is
+idempotent on ``feedback_id``: a retried request records nothing twice, and ``append`` says
+which observations were new so only those update the online state. Online model state is
+derived from this log (``featurestore models replay`` rebuilds it), so losing Redis loses nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Iterator, Sequence
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from registry import tables as t
+from registry.errors import StoreUnavailableError
+
+
+@dataclass(frozen=True)
+class Observation:
+    feedback_id: str
+    model: str
+    model_version: int
+    user_key: str
+    item_key: str
+    label: float
+    features: np.ndarray  # the exact x the update used, float64
+    event_ts: datetime
+    prediction_id: str | None = None
+    prediction: float | None = None
+    baseline: float | None = None
+    slice: str | None = None
+
+
+@dataclass(frozen=True)
+class LoggedObservation(Observation):
+    seq: int = 0
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class FeedbackLog:
+    """Append-only, idempotent log of observations for one project.
+
+    >>> log = FeedbackLog(store.registry.engine, store.project)  # doctest: +SKIP
+    >>> log.append([obs])  # doctest: +SKIP
+    [True]
+    """
+
+    def __init__(self, engine: Engine, project: str) -> None:
+        self.engine = engine
+        self.project = project
+
+    def append(self, observations: Sequence[Observation]) -> list[bool]:
+        """Record ``observations`` durably (committed when this returns); for each, True if it
+        was new, False if its feedback_id was already logged. Duplicates within the call count
+        once (the first)."""
+        if not observations:
+            return []
+        now = datetime.now(timezone.utc)
+        try:
+            if self.engine.dialect.name == "postgresql":
+                new_ids = self._append_postgres(observations, now)
+            else:
+                new_ids = self._append_sqlite(observations, now)
+        except sa.exc.OperationalError as exc:
+            raise StoreUnavailableError(
+                f"cannot write the feedback log to {self.engine.url.render_as_string(hide_password=True)}: "
+                f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}",
+                hint="check that the registry database is up; nothing was acknowledged",
+            ) from None
+        seen: set[str] = set()
+        out = []
+        for obs in observations:
+            fresh = obs.feedback_id in new_ids and obs.feedback_id not in seen
+            seen.add(obs.feedback_id)
+            out.append(fresh)
+        return out
+
+    def _rows(self, observations: Sequence[Observation], now: datetime) -> list[dict]:
+        rows, seen = [], set()
+        for o in observations:
+            if o.feedback_id in seen:
+                continue
+            seen.add(o.feedback_id)
+            rows.append(
+                {
+                    "project": self.project, "feedback_id": o.feedback_id, "model": o.model,
+                    "model_version": o.model_version, "user_key": o.user_key, "item_key": o.item_key,
+                    "label": float(o.label), "prediction_id": o.prediction_id,
+                    "features": np.ascontiguousarray(o.features, dtype="<f8").tobytes(),
+                    "prediction": o.prediction, "baseline": o.baseline, "slice": o.slice,
+                    "event_ts": _utc(o.event_ts), "received_at": now,
+                }
+            )
+        return rows
+
+    def _append_sqlite(self, observations: Sequence[Observation], now: datetime) -> set[str]:
+        rows = self._rows(observations, now)
+        f = t.feedback
+        with self.engine.connect() as conn:
+            # Take the write lock before reading, so the duplicate check and the insert are one step.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                existing: set[str] = set()
+                ids = [r["feedback_id"] for r in rows]
+                for start in range(0, len(ids), 900):
+                    existing.update(
+                        conn.execute(
+                            sa.select(f.c.feedback_id).where(
+                                f.c.project == self.project, f.c.feedback_id.in_(ids[start : start + 900])
+                            )
+                        ).scalars()
+                    )
+                fresh = [r for r in rows if r["feedback_id"] not in existing]
+                if fresh:
+                    conn.execute(sa.insert(f), fresh)
+                conn.exec_driver_sql("COMMIT")
+            except BaseException:
+                conn.exec_driver_sql("ROLLBACK")
+                raise
+        return {r["feedback_id"] for r in fresh}
+
+    def _append_postgres(self, observations: Sequence[Observation], now: datetime) -> set[str]:
+        rows = self._rows(observations, now)
+        cols = ["project", "feedback_id", "model", "model_version", "user_key", "item_key", "label",
+                "prediction_id", "features", "prediction", "baseline", "slice", "event_ts", "received_at"]
+        types = ["text", "text", "text", "int", "text", "text", "float8", "text", "bytea", "float8",
+                 "float8", "text", "timestamptz", "timestamptz"]
+        sql = (
+            f"INSERT INTO fs_feedback ({', '.join(cols)}) "
+            f"SELECT * FROM unnest({', '.join(f'%s::{ty}[]' for ty in types)}) "
+            "ON CONFLICT (project, feedback_id) DO NOTHING RETURNING feedback_id"
+        )
+        params = [[r[c] for r in rows] for c in cols]
+        raw = self.engine.raw_connection()
+        try:
+            with raw.cursor() as cur:
+                cur.execute(sql, params)
+                inserted = {row[0] for row in cur.fetchall()}
+            raw.commit()
+        except BaseException:
+            raw.rollback()
+            raise
+        finally:
+            raw.close()
+        return inserted
+
+    def read(
+        self, model: str, model_version: int | None = None, after_seq: int = 0, batch: int = 10_000
+    ) -> Iterator[list[LoggedObservation]]:
+        """Observations of ``model`` in the order they were accepted, in batches."""
+        f = t.feedback
+        last = after_seq
+        while True:
+            query = sa.select(f).where(f.c.project == self.project, f.c.model == model, f.c.seq > last)
+            if model_version is not None:
+                query = query.where(f.c.model_version == model_version)
+            with self.engine.connect() as conn:
+                rows = conn.execute(query.order_by(f.c.seq).limit(batch)).mappings().all()
+            if not rows:
+                return
+            last = rows[-1]["seq"]
+            yield [
+                LoggedObservation(
+                    feedback_id=r["feedback_id"], model=r["model"], model_version=r["model_version"],
+                    user_key=r["user_key"], item_key=r["item_key"], label=r["label"],
+                    features=np.frombuffer(r["features"], dtype="<f8"), event_ts=_utc(r["event_ts"]),
+                    prediction_id=r["prediction_id"], prediction=r["prediction"], baseline=r["baseline"],
+                    slice=r["slice"], seq=r["seq"],
+                )
+                for r in rows
+            ]
+
+    def count(self, model: str, model_version: int | None = None) -> int:
+        f = t.feedback
+        query = sa.select(sa.func.count()).select_from(f).where(f.c.project == self.project, f.c.model == model)
+        if model_version is not None:
+            query = query.where(f.c.model_version == model_version)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())

@@ -223,3 +223,19 @@ def app_from_environment() -> FastAPI:
     store = FeatureStore(os.environ.get("FEATURESTORE_REPO", "."))
     store.registry_cache.refresh(force=True)
     return create_app(store)
+
+
+def build_openapi() -> dict[str, Any]:
+    """The OpenAPI schema without a repository: routes are registered against a stand-in store
+    whose methods are never called (only ``create_app``'s route declarations run)."""
+    from featurestore.config import RepoConfig
+
+    class _SchemaOnlyStore:
+        config = RepoConfig(project="docs")
+        project = "docs"
+
+        def __getattr__(self, name: str) -> Any:
+            raise RuntimeError(f"the schema-only store has no {name!r}")
+
+    app = create_app(_SchemaOnlyStore())  # type: ignore[arg-type]
+    return app.openapi()

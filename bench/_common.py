@@ -1,0 +1,41 @@
+"""Helpers shared by the benchmark scripts: percentiles, peak memory, printing ratios."""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary_ms(samples_ns: list[int]) -> dict[str, float]:
+    ms = [s / 1e6 for s in samples_ns]
+    return {"p50": percentile(ms, 50), "p99": percentile(ms, 99), "mean": statistics.fmean(ms)}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_isolated(module_args: list[str]) -> dict:
+    """Run a case in its own process (so peak memory is its own) and read its JSON result."""
+    proc = subprocess.run([sys.executable, *module_args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"case failed: {' '.join(module_args)}\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def row(label: str, ours: float, ref: float, unit: str, higher_is_better: bool = False) -> str:
+    ratio = ours / ref if ref else float("nan")
+    note = "ours/ref" if not higher_is_better else "ours/ref (higher is better)"
+    return f"  {label:38} ours {ours:10.3f} {unit:6} ref {ref:10.3f} {unit:6} ratio {ratio:5.2f}  ({note})"

@@ -1,0 +1,267 @@
+"""Online retrieval benchmark (issue: online retrieval).
+
+SDK, warm, in process: p50/p99 of get_online_features for 1 and 100 entities (10 float32
+features in 2 views), beside raw redis-py (one MGET of the same keys, decoded with struct) and
+raw sqlite3 (one SELECT of the same keys) in the same run. HTTP: requests/s and p50/p99 of
+POST /features (1 entity) under wrk, beside a bare FastAPI endpoint returning a constant.
+
+    python3 bench/bench_online.py                 # 100,000 entities, redis + embedded, SDK + HTTP
+    python3 bench/bench_online.py --quick         # 10,000 entities, fewer calls
+    python3 bench/bench_online.py --no-http       # SDK only
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+from bench._common import OUT, row, summary_ms  # noqa: E402
+from featurestore import FeatureStore  # noqa: E402
+from featurestore.online.codec import ValueCodec, encode_entity_keys  # noqa: E402
+
+VIEWS = ("profile_a", "profile_b")
+FEATURES = 5  # per view: 10 in all
+
+DEFS = "entities:\n  - name: user\n    join_keys: [{name: user_id, dtype: int64}]\n" \
+    "sources:\n  - {name: src, type: parquet, path: data/none.parquet, timestamp_field: ts}\n" \
+    "feature_views:\n" + "".join(
+        f"  - name: {v}\n    entities: [user]\n    source: src\n    features:\n"
+        + "".join(f"      - {{name: {v[-1]}{i}, dtype: float32}}\n" for i in range(FEATURES))
+        for v in VIEWS
+    )
+REFS = [f"{v}:{v[-1]}{i}" for v in VIEWS for i in range(FEATURES)]
+
+
+def build(root: Path, backend: str, entities: int, redis_url: str) -> FeatureStore:
+    if root.exists():
+        shutil.rmtree(root)
+    (root / "features").mkdir(parents=True)
+    (root / "features" / "defs.yaml").write_text(DEFS)
+    (root / "featurestore.yaml").write_text(
+        f"project: bench_{backend}\nonline_store: {{type: {backend}, url: '{redis_url}'}}\n"
+    )
+    store = FeatureStore(root)
+    store.apply()
+    ids = pa.array(np.arange(1, entities + 1), pa.int64())
+    keys = encode_entity_keys(["int64"], [ids])
+    codec = ValueCodec(["float32"] * FEATURES)
+    rng = np.random.default_rng(0)
+    now = time.time_ns() // 1000
+    online = store.online_store
+    if backend == "redis":
+        online.delete_namespace  # noqa: B018
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        for key in client.scan_iter(match=f"bench_{backend}:*", count=10_000):
+            client.delete(key)
+    for view in VIEWS:
+        columns = [pa.array(rng.random(entities, dtype=np.float32)) for _ in range(FEATURES)]
+        payloads = codec.encode_rows(columns)
+        for start in range(0, entities, 20_000):
+            online.write_latest(
+                view, [(keys[i], now, now, payloads[i]) for i in range(start, min(entities, start + 20_000))]
+            )
+    return store
+
+
+def sdk_latency(store: FeatureStore, entities: int, batch: int, calls: int) -> dict[str, float]:
+    rng = random.Random(1)
+    for _ in range(50):  # warm: plan compiled, connections open
+        store.get_online_features(REFS, [{"user_id": rng.randint(1, entities)} for _ in range(batch)])
+    samples = []
+    for _ in range(calls):
+        rows = [{"user_id": rng.randint(1, entities)} for _ in range(batch)]
+        t0 = time.perf_counter_ns()
+        store.get_online_features(REFS, rows)
+        samples.append(time.perf_counter_ns() - t0)
+    return summary_ms(samples)
+
+
+_HEADER = struct.Struct("<qq")
+_VALUES = struct.Struct("<2s" + "f" * FEATURES)
+
+
+def redis_reference(redis_url: str, entities: int, batch: int, calls: int) -> dict[str, float]:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    prefixes = [f"bench_redis:{v}:".encode() for v in VIEWS]
+    rng = random.Random(1)
+
+    def once(ids: list[int]) -> list:
+        keys = [p + str(i).encode() for p in prefixes for i in ids]
+        raw = client.execute_command("MGET", *keys)
+        return [None if v is None else (_HEADER.unpack_from(v)[0], _VALUES.unpack_from(v, 16)[1:]) for v in raw]
+
+    for _ in range(50):
+        once([rng.randint(1, entities) for _ in range(batch)])
+    samples = []
+    for _ in range(calls):
+        ids = [rng.randint(1, entities) for _ in range(batch)]
+        t0 = time.perf_counter_ns()
+        once(ids)
+        samples.append(time.perf_counter_ns() - t0)
+    return summary_ms(samples)
+
+
+def sqlite_reference(path: Path, entities: int, batch: int, calls: int) -> dict[str, float]:
+    conn = sqlite3.connect(path)
+    rng = random.Random(1)
+
+    def once(ids: list[int]) -> list:
+        pairs = [(v, str(i).encode()) for v in VIEWS for i in ids]
+        marks = ",".join("(?,?)" for _ in pairs)
+        sql = (
+            "SELECT view, entity_key, event_ts, payload FROM latest WHERE project = ? "
+            f"AND (view, entity_key) IN (VALUES {marks})"
+        )
+        params = ["bench_embedded", *[x for p in pairs for x in p]]
+        found = {(v, k): (ts, _VALUES.unpack_from(p)[1:]) for v, k, ts, p in conn.execute(sql, params)}
+        return [found.get(p) for p in pairs]
+
+    for _ in range(50):
+        once([rng.randint(1, entities) for _ in range(batch)])
+    samples = []
+    for _ in range(calls):
+        ids = [rng.randint(1, entities) for _ in range(batch)]
+        t0 = time.perf_counter_ns()
+        once(ids)
+        samples.append(time.perf_counter_ns() - t0)
+    return summary_ms(samples)
+
+
+# -- HTTP ------------------------------------------------------------------------------------------
+LUA = """
+math.randomseed(7)
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  local id = math.random(1, %d)
+  local body = '{"features": [%s], "entity_rows": [{"user_id": ' .. id .. '}]}'
+  return wrk.format(nil, "/features", nil, body)
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_up(port: int, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"server on port {port} did not start")
+
+
+def wrk(port: int, script: Path, seconds: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t2", "-c32", f"-d{seconds}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    result: dict[str, float] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            result["rps"] = float(parts[1])
+        elif len(parts) == 2 and parts[0] in ("50%", "99%"):
+            value = parts[1]
+            scale = 1e-3 if value.endswith("us") else (1.0 if value.endswith("ms") else 1e3)
+            result["p" + parts[0][:-1]] = float(value.rstrip("usm")) * scale
+        elif "Non-2xx" in line:
+            raise SystemExit(f"non-2xx responses during the HTTP benchmark: {line}")
+    return result
+
+
+def http_case(cmd: list[str], port: int, script: Path, seconds: int, env: dict[str, str]) -> dict[str, float]:
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_up(port)
+        time.sleep(1.0)
+        wrk(port, script, 2)  # warm up
+        return wrk(port, script, seconds)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def http_bench(repo: Path, entities: int, seconds: int, workers: int) -> None:
+    if shutil.which("wrk") is None:
+        print("  (HTTP skipped: wrk is not installed; `apt-get install wrk`)")
+        return
+    script = OUT / "features.lua"
+    script.write_text(LUA % (entities, ", ".join(f'"{r}"' for r in REFS)))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    p1, p2 = free_port(), free_port()
+    ours = http_case(
+        [sys.executable, "-m", "featurestore.cli.main", "-r", str(repo), "serve", "--port", str(p1), "--workers", str(workers)],
+        p1, script, seconds, env,
+    )
+    bare = http_case(
+        [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--port", str(p2),
+         "--workers", str(workers), "--log-level", "warning", "--no-access-log"],
+        p2, script, seconds, env,
+    )
+    print(f" HTTP POST /features, 1 entity, {workers} worker(s), wrk -t2 -c32 -d{seconds}s:")
+    print(row("requests/s", ours["rps"], bare["rps"], "req/s", higher_is_better=True))
+    print(row("p50", ours["p50"], bare["p50"], "ms"))
+    print(row("p99", ours["p99"], bare["p99"], "ms"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-http", action="store_true")
+    parser.add_argument("--backends", default="redis,embedded")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    args = parser.parse_args()
+    entities = 10_000 if args.quick else 100_000
+    calls = {1: 500 if args.quick else 3000, 100: 200 if args.quick else 1000}
+    seconds = 3 if args.quick else 8
+    OUT.mkdir(parents=True, exist_ok=True)
+    print(f"online retrieval: {entities:,} entities, {len(REFS)} float32 features in {len(VIEWS)} views")
+    for backend in args.backends.split(","):
+        root = OUT / f"online_{backend}"
+        t0 = time.perf_counter()
+        store = build(root, backend, entities, args.redis_url)
+        print(f"[{backend}] loaded in {time.perf_counter() - t0:.1f} s")
+        for batch in (1, 100):
+            ours = sdk_latency(store, entities, batch, calls[batch])
+            if backend == "redis":
+                ref = redis_reference(args.redis_url, entities, batch, calls[batch])
+                ref_name = "raw redis-py MGET + struct decode"
+            else:
+                ref = sqlite_reference(root / "data" / "online.db", entities, batch, calls[batch])
+                ref_name = "raw sqlite3 SELECT + struct decode"
+            print(f" SDK get_online_features, {batch} entit{'y' if batch == 1 else 'ies'}/call, {calls[batch]} calls; ref: {ref_name}")
+            print(row("p50", ours["p50"], ref["p50"], "ms"))
+            print(row("p99", ours["p99"], ref["p99"], "ms"))
+        store.close()
+        if not args.no_http:
+            for workers in (1, 2):
+                http_bench(root, entities, seconds, workers)
+
+
+if __name__ == "__main__":
+    main()

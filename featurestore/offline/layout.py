@@ -128,9 +128,16 @@ def _rewrite_partition(
 def write_atomic(table: pa.Table, target: Path) -> None:
     """Write ``table`` to ``target`` so that readers see the old file or the new one, never half."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    # A crash inside an earlier write may have left a temporary file behind; readers ignore it
+    # (hidden name), and the next write of the same target removes it.
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    # Dictionary encoding pays for strings and keys, not for high-cardinality floats, where it
+    # made writes about 5x slower.
+    dictionary = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_integer(f.type) or pa.types.is_binary(f.type)]
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", use_dictionary=dictionary)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)

@@ -204,9 +204,10 @@ def create_app(store: FeatureStore) -> FastAPI:
         body = {"status": "ok" if ok else "unavailable", "checks": checks, "registry_version": version}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    from online_server import predict
+    from online_server import predict, push
 
     predict.register(app, store, server_metrics)
+    push.register(app, store, server_metrics)
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
     def metrics() -> PlainTextResponse:

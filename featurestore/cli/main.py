@@ -24,6 +24,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "materialize": ("featurestore.cli.materialize_cmd", "run the Beam batch job: sources -> offline + online stores"),
     "export": ("featurestore.cli.export_cmd", "export a point-in-time correct training dataset"),
     "serve": ("featurestore.cli.serve_cmd", "run the online HTTP server"),
+    "stream": ("featurestore.cli.stream_cmd", "run the Beam streaming job: events -> online + offline stores"),
     "token": ("featurestore.cli.token_cmd", "create a bearer token for the server (prints it once)"),
     "jobs": ("featurestore.cli.jobs_cmd", "run feature jobs (learned item factors) and materialize their views"),
     "train": ("featurestore.cli.models_cmd", "train a per-user linear model as a new version"),

@@ -170,6 +170,80 @@ class FeatureStore:
 
         return get_training_dataset(self.config, self.definitions(), entity_df, features, **options)
 
+    # -- models ---------------------------------------------------------------------------------
+    # Per-user linear models (docs/models.md). Everything lives in featurestore.models; these
+    # methods only open it. The predictor (feature cache + prediction log) is made on first use.
+    if TYPE_CHECKING:  # names for the annotations of this section (imported lazily at run time)
+        from featurestore.models.feature_job import FeatureJobResult
+        from featurestore.models.serving import Prediction, Predictor
+        from featurestore.models.training import TrainResult
+
+    @cached_property
+    def predictor(self) -> "Predictor":
+        from featurestore.models.serving import Predictor
+
+        return Predictor(self, poll_seconds=min(1.0, self._refresh_seconds))
+
+    def predict(
+        self,
+        model: str,
+        user: Mapping[str, Any],
+        items: list[Mapping[str, Any]],
+        k: int | None = None,
+        request_features: Mapping[str, Any] | None = None,
+    ) -> "Prediction":
+        """Score candidate items for a user with the model's active version.
+
+        >>> store.predict("taste", {"user_id": 7}, [{"item_id": 1}, {"item_id": 2}], k=1).to_dict()  # doctest: +SKIP
+        {'prediction_id': '...', 'model': 'taste', 'model_version': 3, 'scores': [...]}
+        """
+        return self.predictor.predict(model, user, items, k=k, request_features=request_features)
+
+    def train(self, model: str, labels: Any, *, timestamp_column: str = "event_timestamp") -> "TrainResult":
+        """Train ``model`` on labels (a Parquet path, Arrow table or DataFrame) as a new, active
+        version.
+
+        >>> store.train("taste", "labels.parquet").version  # doctest: +SKIP
+        1
+        """
+        from featurestore.models.training import train_model
+
+        return train_model(self, model, labels, timestamp_column=timestamp_column)
+
+    def run_feature_job(self, name: str) -> "FeatureJobResult":
+        """Run a feature job (learned item factors) and write its output; materialize the fed
+        views afterwards (``featurestore jobs run`` does both)."""
+        from featurestore.models.feature_job import run_feature_job
+
+        return run_feature_job(self, name)
+
+    def activate_model(self, model: str, version: int) -> None:
+        """Make ``version`` the one served, reloading its state from its artifact if needed."""
+        from featurestore.models.training import restore_version
+
+        self.definitions().get("model", model)
+        self.model_versions.get(model, version)
+        restore_version(self, model, version)
+        self.model_versions.activate(model, version)
+        if "predictor" in self.__dict__:
+            self.predictor.refresh()
+
+    def rollback_model(self, model: str) -> int:
+        """Activate the version before the active one; returns it."""
+        from registry.errors import NotFoundError
+
+        active = self.model_versions.active_versions().get(model)
+        versions = [v.version for v in self.model_versions.list(model)]
+        older = [v for v in versions if active is not None and v < active]
+        if not older:
+            raise NotFoundError(
+                f"model {model!r} has no version before "
+                + (f"the active version {active}" if active is not None else "(nothing is active)"),
+                hint=f"list versions with `featurestore models list {model}`",
+            )
+        self.activate_model(model, older[-1])
+        return older[-1]
+
     # -- stores -------------------------------------------------------------------------------
     @cached_property
     def online_store(self) -> "OnlineStore":

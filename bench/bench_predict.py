@@ -1,0 +1,253 @@
+"""Prediction serving benchmark (issue: Velox core, part 1).
+
+100,000 users with trained states and 10,000 items in Redis (loopback), a model over one
+float32[d-1] item vector + bias (d = 16 and d = 64). For 100 and 1,000 candidate items per
+request: requests/s and p50/p99 of ``POST /predict`` under a bounded load (wrk, a fixed number of
+connections), beside ``POST /features`` of the same items in the same run (the plain feature
+lookup a prediction replaces). Also the in-process ``FeatureStore.predict`` for reference.
+
+Goals: p99 < 10 ms (100 items) and < 25 ms (1,000 items); predict costing at most 1.5x the
+feature lookup of the same items.
+
+    python3 bench/bench_predict.py                 # 100,000 users, 10,000 items, d = 16 and 64
+    python3 bench/bench_predict.py --quick         # 10,000 users, 2,000 items, shorter runs
+    python3 bench/bench_predict.py --dims 16 --connections 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import pyarrow as pa
+
+from bench._common import OUT, row, summary_ms
+from bench.bench_online import free_port, wait_up
+from featurestore import FeatureStore
+from featurestore.models.linear import UserState
+from featurestore.models.state_store import ModelLayout, ModelStateStore
+from featurestore.online.codec import ValueCodec, encode_entity_keys
+
+DEFS = """\
+entities:
+  - {{name: user, join_keys: [{{name: user_id, dtype: int64}}]}}
+  - {{name: item, join_keys: [{{name: item_id, dtype: int64}}]}}
+sources:
+  - {{name: src, type: parquet, path: data/none.parquet, timestamp_field: ts}}
+feature_views:
+  - name: item_emb
+    entities: [item]
+    source: src
+    features: [{{name: emb, dtype: "float32[{factors}]"}}]
+models:
+  - {{name: taste, user_entity: user, item_entity: item, features: [item_emb:emb], label: rating, l2: 1.0}}
+"""
+BODIES = 200  # distinct request bodies per case, picked at random by wrk
+
+
+def _delete_project(redis_url: str, project: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    deleted, batch = 0, []
+    for key in client.scan_iter(match=f"{project}:*", count=10_000):
+        batch.append(key)
+        if len(batch) >= 10_000:
+            deleted += client.unlink(*batch)
+            batch = []
+    if batch:
+        deleted += client.unlink(*batch)
+    client.close()
+    return deleted
+
+
+def build(root: Path, d: int, users: int, items: int, redis_url: str) -> FeatureStore:
+    """A repository with the item vectors and every user's state written straight to Redis."""
+    project = f"bench_predict_d{d}"
+    if root.exists():
+        shutil.rmtree(root)
+    _delete_project(redis_url, project)
+    (root / "features").mkdir(parents=True)
+    (root / "features" / "defs.yaml").write_text(DEFS.format(factors=d - 1))
+    (root / "featurestore.yaml").write_text(
+        f"project: {project}\nonline_store: {{type: redis, url: '{redis_url}'}}\n"
+    )
+    store = FeatureStore(root)
+    store.apply()
+    rng = np.random.default_rng(0)
+    online = store.online_store
+    now = time.time_ns() // 1000
+    keys = encode_entity_keys(["int64"], [pa.array(np.arange(1, items + 1), pa.int64())])
+    vectors = rng.normal(size=(items, d - 1)).astype(np.float32)
+    payloads = ValueCodec([f"float32[{d - 1}]"]).encode_rows(
+        [pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), d - 1)]
+    )
+    for start in range(0, items, 20_000):
+        online.write_latest("item_emb", [(keys[i], now, now, payloads[i]) for i in range(start, min(items, start + 20_000))])
+
+    defs = store.definitions()
+    layout = ModelLayout.from_spec(defs, defs.models["taste"])
+    assert layout.d == d
+    version = store.model_versions.add(
+        "taste", registry_version=store.registry_cache.version, data_start=None, data_end=None,
+        metrics={"bench": True}, activate=False,
+    ).version
+    states = ModelStateStore(online, "taste", version)
+    # Every user's state is full-size (d weights, two d x d triangles) as after training; the
+    # matrices are shared, the weights differ.
+    A_inv = np.eye(d) / 6.0
+    xtx = np.eye(d) * 5.0
+    user_keys = encode_entity_keys(["int64"], [pa.array(np.arange(1, users + 1), pa.int64())])
+    for start in range(0, users, 5_000):
+        chunk = user_keys[start : start + 5_000]
+        W = rng.normal(size=(len(chunk), d))
+        states.put_states(
+            {k: UserState(W[i], A_inv, xtx, W[i] * 6.0, 5, 0) for i, k in enumerate(chunk)}, d=d
+        )
+    states.publish(layout, rng.normal(size=d), {})
+    store.model_versions.activate("taste", version)
+    return store
+
+
+def in_process(store: FeatureStore, users: int, items: int, n: int, calls: int) -> dict[str, float]:
+    rnd = random.Random(1)
+    sets = [[{"item_id": rnd.randint(1, items)} for _ in range(n)] for _ in range(20)]
+    for s in sets:  # warm the feature cache with every item used
+        store.predict("taste", {"user_id": 1}, s)
+    samples = []
+    for _ in range(calls):
+        user = {"user_id": rnd.randint(1, users)}
+        chosen = sets[rnd.randrange(len(sets))]
+        t0 = time.perf_counter_ns()
+        store.predict("taste", user, chosen)
+        samples.append(time.perf_counter_ns() - t0)
+    return summary_ms(samples)
+
+
+def lua_script(path: Path, endpoint: str, bodies: list[str]) -> Path:
+    lines = ["local bodies = {"] + [f"[==[{b}]==]," for b in bodies] + ["}"]
+    lines += [
+        "math.randomseed(7)",
+        'wrk.method = "POST"',
+        'wrk.headers["Content-Type"] = "application/json"',
+        "request = function()",
+        f'  return wrk.format(nil, "{endpoint}", nil, bodies[math.random(1, #bodies)])',
+        "end",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def bodies_for(users: int, items: int, n: int) -> tuple[list[str], list[str]]:
+    rnd = random.Random(n)
+    predict, features = [], []
+    for _ in range(BODIES):
+        chosen = ",".join(f'{{"item_id":{rnd.randint(1, items)}}}' for _ in range(n))
+        predict.append(f'{{"model":"taste","user":{{"user_id":{rnd.randint(1, users)}}},"items":[{chosen}]}}')
+        features.append(f'{{"features":["item_emb:emb"],"entity_rows":[{chosen}]}}')
+    return predict, features
+
+
+def run_wrk(port: int, script: Path, seconds: int, connections: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    result: dict[str, float] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            result["rps"] = float(parts[1])
+        elif len(parts) == 2 and parts[0] in ("50%", "99%"):
+            value = parts[1]
+            scale = 1e-3 if value.endswith("us") else (1.0 if value.endswith("ms") else 1e3)
+            result["p" + parts[0][:-1]] = float(value.rstrip("usm")) * scale
+        elif "Non-2xx" in line or "Socket errors" in line:
+            raise SystemExit(f"errors during the HTTP benchmark: {line}")
+    return result
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def http_cases(root: Path, users: int, items: int, sizes: list[int], seconds: int, connections: int) -> None:
+    if shutil.which("wrk") is None:
+        print("  (HTTP skipped: wrk is not installed; `apt-get install wrk`)")
+        return
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    port = free_port()
+    cmd = [sys.executable, "-m", "featurestore.cli.main", "-r", str(root), "serve", "--port", str(port), "--workers", "1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_up(port)
+        time.sleep(1.0)
+        for n in sizes:
+            predict_bodies, feature_bodies = bodies_for(users, items, n)
+            p_script = lua_script(OUT / f"predict_{n}.lua", "/predict", predict_bodies)
+            f_script = lua_script(OUT / f"predict_features_{n}.lua", "/features", feature_bodies)
+            run_wrk(port, p_script, 2, connections)  # warm: every item of the bodies cached
+            run_wrk(port, f_script, 2, connections)
+            ours = run_wrk(port, p_script, seconds, connections)
+            ref = run_wrk(port, f_script, seconds, connections)
+            goal = 10.0 if n <= 100 else 25.0
+            cost = ref["rps"] / ours["rps"] if ours["rps"] else float("inf")
+            print(f" HTTP, {n} candidate items, 1 worker, wrk -t1 -c{connections} -d{seconds}s; ref: POST /features of the same items")
+            print(row("requests/s", ours["rps"], ref["rps"], "req/s", higher_is_better=True))
+            print(row("p50", ours["p50"], ref["p50"], "ms"))
+            print(row("p99", ours["p99"], ref["p99"], "ms"))
+            print(f"  goals: p99 {ours['p99']:.2f} ms < {goal:.0f} ms: {verdict(ours['p99'] < goal)}; "
+                  f"cost vs /features (throughput) {cost:.2f}x <= 1.5x: {verdict(cost <= 1.5)}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10,000 users, 2,000 items, 3 s runs")
+    parser.add_argument("--dims", default="16,64")
+    parser.add_argument("--sizes", default="100,1000", help="candidate items per request")
+    parser.add_argument("--connections", type=int, default=4, help="concurrent wrk connections (the bounded load)")
+    parser.add_argument("--seconds", type=int, default=None)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--no-http", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="leave the data in Redis afterwards")
+    args = parser.parse_args()
+    users = 10_000 if args.quick else 100_000
+    items = 2_000 if args.quick else 10_000
+    seconds = args.seconds or (3 if args.quick else 8)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    OUT.mkdir(parents=True, exist_ok=True)
+    print(f"prediction serving: {users:,} users with states, {items:,} items, Redis at {args.redis_url}")
+    for d in (int(x) for x in args.dims.split(",")):
+        root = OUT / f"predict_d{d}"
+        t0 = time.perf_counter()
+        store = build(root, d, users, items, args.redis_url)
+        print(f"[d={d}] loaded in {time.perf_counter() - t0:.1f} s (state {22 + 8 * (2 * d + d * (d + 1)):,} bytes/user)")
+        for n in sizes:
+            s = in_process(store, users, items, n, 300 if args.quick else 1000)
+            print(f"  in-process FeatureStore.predict, {n} items (warm cache): p50 {s['p50']:.3f} ms  p99 {s['p99']:.3f} ms")
+        store.predictor.close()
+        store.close()
+        if not args.no_http:
+            http_cases(root, users, items, sizes, seconds, args.connections)
+        if not args.keep:
+            _delete_project(args.redis_url, f"bench_predict_d{d}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,380 @@
+"""An in-process cache of decoded item feature vectors, in front of the online store.
+
+Velox's point: f(item) changes slowly (it is materialized), so a server can keep it decoded in
+memory and a prediction then costs one product ``X @ w``, not a store read per item. Here:
+
+* one bounded cache per feature view (CLOCK eviction, an approximation of LRU that costs
+  nothing per hit), keyed by entity key, holding each item's numeric features as a float64 row
+  (NaN where a value is null) and its event time in preallocated numpy arrays, so the rows of a
+  request are found with one C-level pass over its keys and gathered with one fancy index;
+* the misses of a request, over every view, are fetched in **one** ``read_latest`` round trip and
+  decoded together (one ``np.frombuffer`` for views of fixed-width features);
+* entries are dropped when they may be stale: a view's entries when a newer materialization run
+  of it is recorded (``MaterializationLog.latest_run_ids``, polled at most every
+  ``poll_seconds``), everything when the registry version changes. Not-found keys are never
+  cached, so a newly materialized item shows up at once. TTLs are checked by the caller on every
+  read against the cached event time, so a cached value expires on time.
+
+Writes that bypass the materialization log (a stream job writing the online store directly) are
+seen after the entry is evicted or the next recorded run; item features are the slowly changing
+kind, so that is the trade-off Velox makes too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import repeat
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from featurestore.online.codec import FORMAT_VERSION, ValueCodec
+from registry.errors import NotFoundError
+from registry.types import NUMERIC_DTYPES, parse_dtype
+
+if TYPE_CHECKING:
+    from featurestore.online.base import OnlineStore
+    from featurestore.registry_cache import RegistryCache
+    from registry.runs import MaterializationLog
+    from registry.spec import FeatureViewSpec
+
+_NP_ELEMENT = {
+    "bool": "?", "int32": "<i4", "int64": "<i8", "float32": "<f4", "float64": "<f8", "timestamp": "<i8",
+}
+_FIRST_CAPACITY = 1024
+
+
+@dataclass(frozen=True)
+class ViewRows:
+    """The rows of one view for the keys of a lookup, in key order."""
+
+    values: np.ndarray  # (n, width) float64, NaN where null or not found
+    event_ts: np.ndarray  # (n,) int64 microseconds, 0 where not found
+    found: np.ndarray  # (n,) bool
+
+
+class ViewDecoder:
+    """Decodes many online payloads of one view into float64 rows of its numeric features.
+
+    ``columns[feature]`` is the slice of a row holding that feature (vectors take several
+    columns); strings, bytes and variable-length vectors are left out. Views whose features are
+    all fixed-width decode with one ``np.frombuffer`` over a structured dtype that mirrors the
+    value layout of docs/online-store.md; others go through ``ValueCodec.decode`` row by row.
+
+    >>> from featurestore.online.codec import ValueCodec
+    >>> dec = ViewDecoder(["float32[2]", "int64"], ["vec", "n"])
+    >>> dec.decode([ValueCodec(["float32[2]", "int64"]).encode_row([[1.0, 2.0], 3])]).tolist()
+    [[1.0, 2.0, 3.0]]
+    """
+
+    def __init__(self, dtypes: Sequence[str], names: Sequence[str]) -> None:
+        self.codec = ValueCodec(dtypes, names)
+        self.columns: dict[str, slice] = {}
+        self._numeric: list[tuple[int, slice]] = []
+        fields: list[tuple] = [("header", "u1", (1 + (len(dtypes) + 7) // 8,))]
+        fixed = True
+        width = 0
+        for i, (name, dtype) in enumerate(zip(names, dtypes)):
+            parsed = parse_dtype(dtype)
+            variable = parsed.element in ("string", "bytes") or parsed.length == 0
+            fixed &= not variable
+            if variable:
+                fields.append((f"f{i}", "<u4"))
+                continue
+            fields.append((f"f{i}", _NP_ELEMENT[parsed.element], (parsed.length,) if parsed.length else ()))
+            if parsed.element in NUMERIC_DTYPES or parsed.element == "bool":
+                n = parsed.length or 1
+                self.columns[name] = slice(width, width + n)
+                self._numeric.append((i, slice(width, width + n)))
+                width += n
+        self.width = width
+        self._features = len(dtypes)
+        self._np_dtype = np.dtype(fields) if fixed else None
+        if self._np_dtype is not None and self._np_dtype.itemsize != self.codec.fixed_size:
+            self._np_dtype = None  # never expected; the row-by-row path stays correct
+
+    def decode(self, payloads: Sequence[bytes]) -> np.ndarray:
+        n = len(payloads)
+        dt = self._np_dtype
+        if dt is not None and n:
+            size = dt.itemsize
+            if all(len(p) == size for p in payloads):
+                arr = np.frombuffer(b"".join(payloads), dtype=dt)
+                header = arr["header"]
+                if (header[:, 0] == FORMAT_VERSION).all():
+                    out = np.empty((n, self.width))
+                    for i, cols in self._numeric:
+                        out[:, cols] = arr[f"f{i}"].reshape(n, -1)
+                    if header[:, 1:].any():
+                        nulls = np.unpackbits(header[:, 1:], axis=1, bitorder="little")
+                        for i, cols in self._numeric:
+                            out[nulls[:, i].astype(bool), cols] = np.nan
+                    return out
+        return self._decode_rows(payloads)
+
+    def _decode_rows(self, payloads: Sequence[bytes]) -> np.ndarray:
+        out = np.empty((len(payloads), self.width))
+        decode = self.codec.decode  # raises DataError on a payload of another layout
+        for r, payload in enumerate(payloads):
+            values = decode(payload)
+            for i, cols in self._numeric:
+                value = values[i]
+                out[r, cols] = np.nan if value is None else value
+        return out
+
+
+class _Slab:
+    """One view's cache: rows of preallocated arrays, a dict key -> row, and CLOCK eviction.
+
+    CLOCK (second chance) approximates LRU without per-hit bookkeeping: a hit only sets the
+    row's reference bit, in one vectorised assignment for the whole request; to evict, the hand
+    sweeps the rows, clearing set bits, and takes the first row whose bit is clear (a row not
+    used since the hand last passed it).
+    """
+
+    __slots__ = ("event_ts", "free", "generation", "hand", "index", "keys", "referenced", "values")
+
+    def __init__(self, width: int, capacity: int, generation: int) -> None:
+        self.values = np.empty((capacity, width))
+        self.event_ts = np.zeros(capacity, dtype=np.int64)
+        self.referenced = np.zeros(capacity, dtype=bool)
+        self.keys: list[bytes | None] = [None] * capacity
+        self.index: dict[bytes, int] = {}
+        self.free = list(range(capacity - 1, -1, -1))
+        self.hand = 0
+        # Unique over every slab of the cache, so a read that started before a clear (or before
+        # the slab was replaced) can tell that its values must not be kept.
+        self.generation = generation
+
+    def clear(self, generation: int) -> None:
+        self.free = list(range(len(self.values) - 1, -1, -1))
+        self.index.clear()
+        self.keys = [None] * len(self.values)
+        self.referenced[:] = False
+        self.generation = generation
+
+    def grow(self, capacity: int) -> None:
+        old = len(self.values)
+        values = np.empty((capacity, self.values.shape[1]))
+        values[:old] = self.values
+        event_ts = np.zeros(capacity, dtype=np.int64)
+        event_ts[:old] = self.event_ts
+        referenced = np.zeros(capacity, dtype=bool)
+        referenced[:old] = self.referenced
+        self.values, self.event_ts, self.referenced = values, event_ts, referenced
+        self.keys += [None] * (capacity - old)
+        self.free = list(range(capacity - 1, old - 1, -1)) + self.free
+
+    def evict(self) -> int:
+        """Free one row by the CLOCK rule and return it."""
+        referenced, n = self.referenced, len(self.values)
+        while referenced[self.hand]:
+            referenced[self.hand] = False
+            self.hand = (self.hand + 1) % n
+        row = self.hand
+        self.hand = (self.hand + 1) % n
+        key = self.keys[row]
+        if key is not None:
+            del self.index[key]
+            self.keys[row] = None
+        return row
+
+
+class FeatureCache:
+    """Decoded feature rows per (view, entity key), bounded, invalidated on new materializations.
+
+    >>> cache = FeatureCache(store.online_store, store.registry_cache, store.materialization_log)  # doctest: +SKIP
+    >>> rows = cache.lookup({"item_embedding": [b"1", b"2"]})["item_embedding"]  # doctest: +SKIP
+    >>> rows.values.shape, cache.hits, cache.misses  # doctest: +SKIP
+    ((2, 8), 0, 2)
+    """
+
+    def __init__(
+        self,
+        online_store: OnlineStore,
+        registry: RegistryCache,
+        materialization_log: MaterializationLog | None = None,
+        *,
+        max_entries: int = 100_000,
+        poll_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.online_store = online_store
+        self.registry = registry
+        self.materialization_log = materialization_log
+        self.max_entries = max_entries
+        self.poll_seconds = poll_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._slabs: dict[str, _Slab] = {}
+        self._decoders: dict[str, ViewDecoder] = {}
+        self._registry_version: int | None = None
+        self._runs: dict[str, int] = {}
+        self._checked_at = float("-inf")
+        self._generations = itertools.count()
+        self.hits = 0
+        self.misses = 0
+        self.invalidations = 0
+
+    # -- public -------------------------------------------------------------------------------
+    def decoder(self, view: str) -> ViewDecoder:
+        """The decoder of ``view`` at the current registry version (columns per feature)."""
+        self._check()
+        with self._lock:
+            return self._decoder(view)
+
+    def lookup(
+        self, requests: Mapping[str, Sequence[bytes]], *, uncached: Collection[str] = ()
+    ) -> dict[str, ViewRows]:
+        """Rows of each view for its keys. Views in ``uncached`` (e.g. fast-changing user
+        features) are read in the same round trip but neither served from nor kept in the cache.
+        """
+        self._check()
+        out: dict[str, ViewRows] = {}
+        pending: list[tuple[str, ViewDecoder, ViewRows, np.ndarray, int]] = []
+        fetch: list[tuple[str, bytes]] = []
+        with self._lock:
+            for view, keys in requests.items():
+                decoder = self._decoder(view)
+                n = len(keys)
+                if view in uncached:
+                    rows = ViewRows(np.full((n, decoder.width), np.nan), np.zeros(n, np.int64), np.zeros(n, bool))
+                    missing = np.arange(n)
+                    generation = -1
+                else:
+                    slab = self._slab(view, decoder.width)
+                    # One C-level pass over the keys (map over dict.get), then numpy.
+                    positions = np.fromiter(map(slab.index.get, keys, repeat(-1, n)), np.intp, n)
+                    found = positions >= 0
+                    slab.referenced[positions[found]] = True
+                    values = slab.values[positions]
+                    event_ts = slab.event_ts[positions]
+                    missing = np.flatnonzero(~found)
+                    values[missing] = np.nan
+                    event_ts[missing] = 0
+                    rows = ViewRows(values, event_ts, found)
+                    self.hits += n - len(missing)
+                    self.misses += len(missing)
+                    generation = slab.generation
+                out[view] = rows
+                if len(missing):
+                    pending.append((view, decoder, rows, missing, generation))
+                    fetch += [(view, keys[i]) for i in missing.tolist()]
+        if not fetch:
+            return out
+        results = self.online_store.read_latest(fetch)
+        offset = 0
+        for view, decoder, rows, missing, generation in pending:
+            chunk = results[offset : offset + len(missing)]
+            offset += len(missing)
+            present = [j for j, hit in enumerate(chunk) if hit is not None]
+            if not present:
+                continue
+            where = missing[present]
+            decoded = decoder.decode([chunk[j][1] for j in present])  # type: ignore[index]
+            stamps = np.fromiter((chunk[j][0] for j in present), np.int64, len(present))  # type: ignore[index]
+            rows.values[where] = decoded
+            rows.event_ts[where] = stamps
+            rows.found[where] = True
+            if generation >= 0:
+                keys = requests[view]
+                self._insert(view, generation, [keys[i] for i in where.tolist()], decoded, stamps)
+        return out
+
+    def invalidate(self, view: str | None = None) -> None:
+        """Drop the cached rows of ``view`` (or of every view)."""
+        with self._lock:
+            for name, slab in self._slabs.items():
+                if view is None or name == view:
+                    slab.clear(next(self._generations))
+            self.invalidations += 1
+
+    def stats(self) -> dict[str, float]:
+        total = self.hits + self.misses
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": self.hits / total if total else 0.0,
+            "entries": sum(len(s.index) for s in self._slabs.values()),
+            "invalidations": self.invalidations,
+        }
+
+    # -- internals ------------------------------------------------------------------------------
+    def _check(self) -> None:
+        """Follow the registry version and, at most every ``poll_seconds``, the materialization
+        log (one small query)."""
+        now = self._clock()
+        poll = now - self._checked_at >= self.poll_seconds
+        if poll:
+            self._checked_at = now
+            self.registry.get()  # the registry cache checks its head version on its own schedule
+        if self.registry.version != self._registry_version:
+            with self._lock:
+                self._decoders.clear()
+                for slab in self._slabs.values():
+                    slab.clear(next(self._generations))
+                self._slabs.clear()
+                self._registry_version = self.registry.version
+                self.invalidations += 1
+        if not poll or self.materialization_log is None:
+            return
+        runs = self.materialization_log.latest_run_ids()
+        if runs == self._runs:
+            return
+        with self._lock:
+            for view, run_id in runs.items():
+                if self._runs.get(view) != run_id and view in self._slabs:
+                    self._slabs[view].clear(next(self._generations))
+                    self.invalidations += 1
+            self._runs = runs
+
+    def _decoder(self, view: str) -> ViewDecoder:
+        decoder = self._decoders.get(view)
+        if decoder is None:
+            spec: FeatureViewSpec | None = self.registry.get().feature_views.get(view)
+            if spec is None:
+                raise NotFoundError(
+                    f"unknown feature view {view!r}", hint="run `featurestore registry show feature_view`"
+                )
+            decoder = ViewDecoder([f.dtype for f in spec.features], [f.name for f in spec.features])
+            self._decoders[view] = decoder
+        return decoder
+
+    def _slab(self, view: str, width: int) -> _Slab:
+        slab = self._slabs.get(view)
+        if slab is None:
+            slab = _Slab(width, min(self.max_entries, _FIRST_CAPACITY), next(self._generations))
+            self._slabs[view] = slab
+        return slab
+
+    def _insert(
+        self, view: str, generation: int, keys: list[bytes], values: np.ndarray, event_ts: np.ndarray
+    ) -> None:
+        if len(keys) > self.max_entries:  # keep the last ones, as an LRU would
+            keys, values, event_ts = keys[-self.max_entries :], values[-self.max_entries :], event_ts[-self.max_entries :]
+        with self._lock:
+            slab = self._slabs.get(view)
+            # A newer materialization or registry version arrived while we read: do not keep
+            # values that may predate it.
+            if slab is None or slab.generation != generation:
+                return
+            rows = np.empty(len(keys), dtype=np.intp)
+            index = slab.index
+            for i, key in enumerate(keys):
+                row = index.get(key)
+                if row is None:
+                    if not slab.free and len(slab.values) < self.max_entries:
+                        slab.grow(min(self.max_entries, 2 * len(slab.values)))
+                    row = slab.free.pop() if slab.free else slab.evict()
+                    index[key] = row
+                    slab.keys[row] = key
+                rows[i] = row
+            slab.values[rows] = values
+            slab.event_ts[rows] = event_ts
+            # Left unreferenced: a row read once is the first to go, one read again survives.

@@ -1,0 +1,276 @@
+"""Feature jobs: learn item features (the Velox θ) from interactions and write them as the
+Parquet source of a vector-valued feature view.
+
+A job of ``type: als`` reads (user, item, rating) from its source with DuckDB, factorises it with
+``als_factorize`` and writes, atomically, one row per item to its ``output``:
+
+    {item join key} | {vector feature}... | {timestamp_field} | {created_timestamp_field}
+
+The views a job feeds are those whose source is a ``parquet`` source whose ``path`` is the job's
+``output``; their entity's join key names the item column and their vector features name the
+factor columns. ``timestamp_field`` is the end of the interactions' time range (the newest
+interaction: the factors describe the items as of then) and ``created_timestamp_field`` is now,
+so re-running the job over the same interactions makes a newer row for the same event time.
+Materializing the views (``featurestore jobs run`` does it) puts the factors in the online store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from featurestore.arrow_types import arrow_type
+from featurestore.models.als import als_factorize
+from registry.errors import ConfigError, DataError
+from registry.spec import DuckDBSource, FeatureJobSpec, ParquetSource
+from registry.types import parse_dtype
+
+if TYPE_CHECKING:
+    from featurestore.config import RepoConfig
+    from featurestore.store import FeatureStore
+    from registry.definitions import Definitions
+
+
+@dataclass(frozen=True)
+class FeatureJobResult:
+    job: str
+    output: Path
+    views: tuple[str, ...]
+    interactions: int
+    dropped: int  # interactions with a null user, item or rating
+    users: int
+    items: int
+    factors: int
+    event_ts: datetime
+    train_rmse: list[float] = field(default_factory=list)
+
+    def summary(self) -> str:
+        rmse = f"{self.train_rmse[-1]:.4f}" if self.train_rmse else "n/a"
+        return (
+            f"Feature job {self.job!r}: factorised {self.interactions:,} interactions of "
+            f"{self.users:,} users and {self.items:,} items into {self.factors} factors "
+            f"(train RMSE {rmse}; {self.dropped:,} rows with nulls dropped). "
+            f"Wrote {self.output} (event time {self.event_ts.isoformat()}), "
+            f"which feeds: {', '.join(self.views)}."
+        )
+
+
+@dataclass(frozen=True)
+class _Target:
+    """The output file's columns, gathered from the views the job feeds."""
+
+    item_key: str
+    item_dtype: str
+    vectors: dict[str, str]  # column -> dtype
+    timestamp: str
+    created: str | None
+
+
+def views_fed_by(config: RepoConfig, defs: Definitions, job: FeatureJobSpec) -> list[str]:
+    """Names of the views whose source is a parquet source at the job's output path.
+
+    >>> views_fed_by(store.config, store.definitions(), job)  # doctest: +SKIP
+    ['item_embedding']
+    """
+    want = _norm(config, job.output)
+    sources = {
+        name for name, s in defs.sources.items()
+        if isinstance(s, ParquetSource) and _norm(config, s.path) == want
+    }
+    return [name for name, v in defs.feature_views.items() if v.source in sources]
+
+
+def run_feature_job(store: FeatureStore, name: str, *, now: datetime | None = None) -> FeatureJobResult:
+    """Run one feature job on the applied definitions and write its output (no materialization;
+    ``featurestore jobs run`` materializes the fed views afterwards).
+
+    >>> run_feature_job(store, "item_factors").views  # doctest: +SKIP
+    ('item_embedding',)
+    """
+    store.registry_cache.refresh(force=True)
+    defs = store.definitions()
+    job: FeatureJobSpec = defs.get("feature_job", name)
+    views = views_fed_by(store.config, defs, job)
+    target = _target(defs, job, views)
+    table, dropped = read_interactions(store.config, defs, job)
+    if table.num_rows == 0:
+        raise DataError(
+            f"feature job {name!r}: source {job.source!r} has no interactions with a user, item and rating",
+            hint="check the source's data and the job's user_column, item_column and rating_column",
+        )
+    users = table["user"].to_numpy(zero_copy_only=False)
+    items = table["item"].to_numpy(zero_copy_only=False)
+    ratings = table["rating"].to_numpy(zero_copy_only=False).astype(np.float64)
+    result = als_factorize(users, items, ratings, job.factors, job.l2, job.iterations)
+    import pyarrow.compute as pc
+
+    newest = pc.max(table["ts"]).as_py()
+    created = now or datetime.now(timezone.utc)
+    event_ts = _utc(newest) if newest is not None else created
+    output = _write_output(store.config, job, target, result.item_ids, result.item_factors, event_ts, created)
+    return FeatureJobResult(
+        job=name,
+        output=output,
+        views=tuple(views),
+        interactions=table.num_rows,
+        dropped=dropped,
+        users=len(result.user_ids),
+        items=len(result.item_ids),
+        factors=job.factors,
+        event_ts=event_ts,
+        train_rmse=list(result.train_rmse),
+    )
+
+
+def read_interactions(config: RepoConfig, defs: Definitions, job: FeatureJobSpec) -> tuple[pa.Table, int]:
+    """(user, item, rating, ts) of the job's source, rows with nulls dropped; and how many were."""
+    import duckdb
+
+    source = defs.get("source", job.source)
+    if isinstance(source, ParquetSource):
+        relation = f"read_parquet({_literal(_source_path(config, source.path))})"
+    elif isinstance(source, DuckDBSource):
+        relation = f"({source.query})"
+    else:
+        raise ConfigError(
+            f"feature job {job.name!r}: source {job.source!r} is a {source.type} source; feature "
+            "jobs read parquet and duckdb sources",
+            hint="point the job at a parquet source, or a duckdb source that reads the table",
+        )
+    q = _quote
+    sql = (
+        f'SELECT {q(job.user_column)} AS "user", {q(job.item_column)} AS "item", '
+        f'CAST({q(job.rating_column)} AS DOUBLE) AS "rating", {q(source.timestamp_field)} AS "ts" '
+        f"FROM {relation} AS src"
+    )
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute(f"SET file_search_path = {_literal(str(config.root))}")
+        table = con.sql(sql).to_arrow_table()
+    except duckdb.Error as exc:
+        raise DataError(
+            f"feature job {job.name!r}: reading source {job.source!r} failed: {str(exc).splitlines()[0]}",
+            hint="check the job's user_column, item_column and rating_column against the source",
+        ) from None
+    finally:
+        con.close()
+    import pyarrow.compute as pc
+
+    valid = pc.and_(
+        pc.and_(pc.is_valid(table["user"]), pc.is_valid(table["item"])), pc.is_valid(table["rating"])
+    )
+    kept = table.filter(valid)
+    return kept, table.num_rows - kept.num_rows
+
+
+# -- internals ----------------------------------------------------------------------------------
+
+
+def _target(defs: Definitions, job: FeatureJobSpec, views: list[str]) -> _Target:
+    if not views:
+        raise ConfigError(
+            f"feature job {job.name!r} feeds no feature view: no parquet source has path {job.output!r}",
+            hint="declare a parquet source with that `path` and a view with a vector feature on it",
+        )
+    item_key: tuple[str, str] | None = None
+    vectors: dict[str, str] = {}
+    timestamp, created = None, None
+    for name in views:
+        view = defs.feature_views[name]
+        keys = [k for e in view.entities for k in defs.entities[e].join_keys]
+        if len(keys) != 1:
+            raise ConfigError(
+                f"feature job {job.name!r} feeds view {name!r}, whose entities have "
+                f"{len(keys)} join keys; a job writes one item key",
+                hint="key the view by one entity with one join key",
+            )
+        key = (keys[0].name, keys[0].dtype)
+        if item_key is not None and key != item_key:
+            raise ConfigError(f"feature job {job.name!r} feeds views keyed by {item_key[0]} and {key[0]}")
+        item_key = key
+        for feature in view.features:
+            dtype = parse_dtype(feature.dtype)
+            if not dtype.is_vector or dtype.length not in (0, job.factors):
+                raise ConfigError(
+                    f"feature job {job.name!r} writes {job.factors} factors, but view {name!r} "
+                    f"declares {feature.name}: {feature.dtype}",
+                    hint=f"declare every feature of the view as float32[{job.factors}]",
+                )
+            vectors[feature.name] = feature.dtype
+        source = defs.sources[view.source]
+        timestamp = source.timestamp_field
+        created = source.created_timestamp_field or created
+    assert item_key is not None and timestamp is not None
+    return _Target(item_key[0], item_key[1], vectors, timestamp, created)
+
+
+def _write_output(
+    config: RepoConfig,
+    job: FeatureJobSpec,
+    target: _Target,
+    item_ids: np.ndarray,
+    factors: np.ndarray,
+    event_ts: datetime,
+    created: datetime,
+) -> Path:
+    from featurestore.offline.layout import write_atomic
+
+    n = len(item_ids)
+    try:
+        keys = pa.array(item_ids.tolist(), arrow_type(target.item_dtype))
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise DataError(
+            f"feature job {job.name!r}: item ids of column {job.item_column!r} do not fit "
+            f"{target.item_key} ({target.item_dtype}): {exc}"
+        ) from None
+    columns: dict[str, Any] = {target.item_key: keys}
+    for name, dtype in target.vectors.items():
+        element = arrow_type(dtype).value_type
+        flat = pa.array(factors.reshape(-1), pa.float32()).cast(element)
+        if parse_dtype(dtype).length:
+            columns[name] = pa.FixedSizeListArray.from_arrays(flat, job.factors)
+        else:
+            offsets = pa.array(np.arange(0, n * job.factors + 1, job.factors, dtype=np.int32))
+            columns[name] = pa.ListArray.from_arrays(offsets, flat)
+    ts_type = pa.timestamp("us", tz="UTC")
+    columns[target.timestamp] = pa.array([event_ts] * n, ts_type)
+    if target.created:
+        columns[target.created] = pa.array([created] * n, ts_type)
+    path = config.resolve(job.output)
+    write_atomic(pa.table(columns), path)
+    return path
+
+
+def _norm(config: RepoConfig, path: str) -> str:
+    if "://" in path and not path.startswith("file://"):
+        return path
+    return str(config.resolve(path.removeprefix("file://")).resolve())
+
+
+def _source_path(config: RepoConfig, path: str) -> str:
+    if "://" in path and not path.startswith("file://"):
+        return path
+    return str(config.resolve(path.removeprefix("file://")))
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _utc(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    raise DataError(
+        f"the interactions' timestamp is a {type(value).__name__}, expected a timestamp",
+        hint="make the source's timestamp_field a timestamp column",
+    )

@@ -1,0 +1,481 @@
+"""Offline training of a per-user linear model: labels -> point-in-time features -> x ->
+the average user and every known user -> a new model version.
+
+Steps (``train_model``):
+
+1. read the labels (user join keys, item join keys, the label, a timestamp, request features);
+2. join the model's item and user features as of each label's timestamp through the
+   point-in-time export (``FeatureStore.get_training_dataset``), so no row sees the future;
+3. build x = [item features flattened, user features, request features, 1.0]; rows with a null
+   feature (an item not materialized yet, say) or a null label are dropped and counted;
+4. fit the average user (``fit_average``) and every user centred on it (``fit_users``);
+5. record a new version (inactive), write every state to the online store under it, write the
+   artifact to the offline store, then activate it: a server never switches to a version whose
+   states are not all written.
+
+Artifact layout::
+
+    {offline_path}/{project}/_models/{model}/v{version}/manifest.json    layout, w_avg, metrics
+    {offline_path}/{project}/_models/{model}/v{version}/states.parquet   user_key, state (bytes)
+
+``state`` is ``encode_state`` (docs/model-state.md), so the artifact restores the online state
+of a version exactly (``restore_version``, used when activating a version whose state is gone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from featurestore.models.linear import UserState, fit_average, fit_users, sigmoid
+from featurestore.models.metrics import RunningLoss
+from featurestore.models.state_codec import decode_state, encode_state
+from featurestore.models.state_store import ModelLayout, ModelStateStore
+from featurestore.online.codec import encode_entity_keys
+from registry.errors import ConflictError, DataError, NotFoundError, UserError
+
+if TYPE_CHECKING:
+    from featurestore.store import FeatureStore
+    from registry.definitions import Definitions
+
+DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"
+MANIFEST = "manifest.json"
+STATES_FILE = "states.parquet"
+ARTIFACT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """The assembled training rows of one model: x, labels and who they belong to."""
+
+    layout: ModelLayout
+    X: np.ndarray  # (n, d) float64
+    y: np.ndarray  # (n,)
+    user_keys: list[bytes]  # distinct users, sorted by first appearance
+    user_index: np.ndarray  # (n,) index into user_keys
+    items: int  # distinct items among the kept rows
+    rows_read: int
+    dropped_missing_features: int
+    dropped_missing_label: int
+    data_start: datetime | None
+    data_end: datetime | None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model: str
+    version: int
+    registry_version: int
+    rows: int
+    rows_dropped: int
+    users: int
+    items: int
+    d: int
+    metrics: dict[str, Any]
+    artifact: str
+    data_start: datetime | None
+    data_end: datetime | None
+    w_avg: np.ndarray = field(repr=False)
+
+    def summary(self) -> str:
+        m = self.metrics
+        return (
+            f"Trained model {self.model!r} version {self.version} (active) on {self.rows:,} rows "
+            f"of {self.users:,} users and {self.items:,} items, d={self.d}; "
+            f"{self.rows_dropped:,} rows dropped (features: {m['rows_dropped_missing_features']:,}, "
+            f"label: {m['rows_dropped_missing_label']:,}). "
+            f"Training {m['loss_name']}: personalised {m['loss']:.4f}, "
+            f"average user {m['loss_average_user']:.4f}. Artifact: {self.artifact}"
+        )
+
+
+# -- the steps ----------------------------------------------------------------------------------
+
+
+def read_labels(labels: Any) -> pa.Table:
+    """Labels as an Arrow table: a Parquet path (file, directory or glob), a table or a DataFrame."""
+    if isinstance(labels, pa.Table):
+        return labels
+    if isinstance(labels, (str, Path)):
+        import pyarrow.dataset as ds
+
+        path = str(labels)
+        if not any(c in path for c in "*?[") and not Path(path).exists():
+            raise UserError(f"labels file {path} does not exist", hint="pass a Parquet file with --labels")
+        try:
+            return ds.dataset(path, format="parquet").to_table()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"cannot read labels {path}: {exc}", hint="pass a Parquet file") from None
+    if hasattr(labels, "to_arrow"):
+        return labels.to_arrow()
+    if hasattr(labels, "columns") and hasattr(labels, "dtypes"):  # a pandas DataFrame
+        return pa.Table.from_pandas(labels, preserve_index=False)
+    raise UserError(
+        f"labels of type {type(labels).__name__} are not supported",
+        hint="pass a Parquet path, a pyarrow Table or a pandas DataFrame",
+    )
+
+
+def build_training_set(
+    store: FeatureStore,
+    defs: Definitions,
+    layout: ModelLayout,
+    label: str,
+    labels: pa.Table,
+    timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
+) -> TrainingSet:
+    """Join point-in-time features onto the labels and assemble x (see the module docstring)."""
+    user_keys = [k.name for k in defs.entities[layout.user_entity].join_keys]
+    item_keys = [k.name for k in defs.entities[layout.item_entity].join_keys]
+    clash = set(user_keys) & set(item_keys)
+    if clash:
+        raise UserError(
+            f"model {layout.model!r}: the user and item entities share join key(s) {sorted(clash)}",
+            hint="give the item entity join keys with different names",
+        )
+    needed = [*user_keys, *item_keys, label, timestamp_column, *layout.request]
+    missing = [c for c in dict.fromkeys(needed) if c not in labels.column_names]
+    if missing:
+        raise DataError(
+            f"the labels have no column(s) {', '.join(missing)} (they have: "
+            f"{', '.join(labels.column_names)})",
+            hint=f"labels need {', '.join(dict.fromkeys(needed))}"
+            + ("" if timestamp_column != DEFAULT_TIMESTAMP_COLUMN else "; or pass --timestamp-column"),
+        )
+    entity_df = labels.select(list(dict.fromkeys(needed)))
+    refs = [b.ref for b in (*layout.item, *layout.user)]
+    dataset = store.get_training_dataset(
+        entity_df, refs, timestamp_column=timestamp_column, full_names=True
+    )
+    try:
+        table = _as_arrow(dataset)
+    finally:
+        if hasattr(dataset, "close"):
+            dataset.close()  # the export's DuckDB connection and spill directory
+    return assemble(defs, layout, label, table, timestamp_column, len(labels))
+
+
+def assemble(
+    defs: Definitions,
+    layout: ModelLayout,
+    label: str,
+    table: pa.Table,
+    timestamp_column: str,
+    rows_read: int | None = None,
+) -> TrainingSet:
+    """x, y and user indices from the joined table (features named ``view__feature``)."""
+    n = table.num_rows
+    X = np.empty((n, layout.d), dtype=np.float64)
+    ok = np.ones(n, dtype=bool)
+    col = 0
+    for block in (*layout.item, *layout.user):
+        name = f"{block.view}__{block.feature}"
+        if name not in table.column_names:
+            raise DataError(
+                f"the training dataset has no column {name!r} for feature {block.ref}",
+                hint="the point-in-time export should name features view__feature (full_names=True)",
+            )
+        values, valid = _numeric_block(table[name], block.width, block.ref)
+        X[:, col : col + block.width] = values
+        ok &= valid
+        col += block.width
+    for name in layout.request:
+        values, valid = _numeric_block(table[name], 1, f"request feature {name}")
+        X[:, col : col + 1] = values
+        ok &= valid
+        col += 1
+    if layout.bias:
+        X[:, col] = 1.0
+    ok &= np.isfinite(X).all(axis=1) if n else ok
+    y_col = table[label]
+    y_valid = ~_null_mask(y_col)
+    y = pc.cast(y_col, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False) if n else np.empty(0)
+    y_valid &= np.isfinite(y)
+    dropped_features = int((~ok).sum())
+    dropped_label = int((ok & ~y_valid).sum())
+    keep = ok & y_valid
+    kept = table.filter(pa.array(keep)) if n else table
+    user_dtypes = [k.dtype for k in defs.entities[layout.user_entity].join_keys]
+    user_cols = [k.name for k in defs.entities[layout.user_entity].join_keys]
+    item_cols = [k.name for k in defs.entities[layout.item_entity].join_keys]
+    item_dtypes = [k.dtype for k in defs.entities[layout.item_entity].join_keys]
+    keys = encode_entity_keys(user_dtypes, [kept[c] for c in user_cols]) if kept.num_rows else []
+    encoded = pc.dictionary_encode(pa.array(keys, pa.binary()))
+    user_index = encoded.indices.to_numpy(zero_copy_only=False).astype(np.intp)
+    items = (
+        len(set(encode_entity_keys(item_dtypes, [kept[c] for c in item_cols]))) if kept.num_rows else 0
+    )
+    start = end = None
+    if kept.num_rows and timestamp_column in kept.column_names:
+        ts = kept[timestamp_column]
+        start, end = _as_datetime(pc.min(ts).as_py()), _as_datetime(pc.max(ts).as_py())
+    return TrainingSet(
+        layout=layout,
+        X=X[keep],
+        y=y[keep],
+        user_keys=[bytes(k) for k in encoded.dictionary.to_pylist()],
+        user_index=user_index,
+        items=items,
+        rows_read=rows_read if rows_read is not None else n,
+        dropped_missing_features=dropped_features,
+        dropped_missing_label=dropped_label,
+        data_start=start,
+        data_end=end,
+    )
+
+
+def fit(training: TrainingSet) -> tuple[np.ndarray, dict[bytes, UserState], dict[str, Any]]:
+    """The average user, every user's state and the training metrics."""
+    layout = training.layout
+    if training.X.shape[0] == 0:
+        raise DataError(
+            f"no training rows left for model {layout.model!r} "
+            f"({training.dropped_missing_features} dropped for missing features, "
+            f"{training.dropped_missing_label} for a missing label)",
+            hint="materialize the model's feature views for the labels' time range first",
+        )
+    objective: Any = layout.objective
+    w_avg = fit_average(training.X, training.y, layout.l2, objective=objective, bias=layout.bias)
+    by_index = fit_users(
+        training.user_index, training.X, training.y, layout.l2, w_avg, objective=objective
+    )
+    # fit_users was given row indices into user_keys as ids, so its keys are those ints.
+    states = {training.user_keys[cast(int, i)]: s for i, s in by_index.items()}
+    W = np.zeros((len(training.user_keys), layout.d))
+    for i, s in by_index.items():
+        W[cast(int, i)] = s.w
+    personal = np.einsum("nd,nd->n", training.X, W[training.user_index])
+    average = training.X @ w_avg
+    if layout.objective == "logistic":
+        personal, average = sigmoid(personal), sigmoid(average)
+    loss = RunningLoss.for_objective(layout.objective).update(training.y, personal)
+    base = RunningLoss.for_objective(layout.objective).update(training.y, average)
+    metrics = {
+        "objective": layout.objective,
+        "loss_name": loss.loss,
+        "loss": loss.mean,
+        "loss_average_user": base.mean,
+        "rows": int(training.X.shape[0]),
+        "rows_read": training.rows_read,
+        "rows_dropped_missing_features": training.dropped_missing_features,
+        "rows_dropped_missing_label": training.dropped_missing_label,
+        "users": len(states),
+        "items": training.items,
+        "d": layout.d,
+        "l2": layout.l2,
+    }
+    return w_avg, states, metrics
+
+
+def train_model(
+    store: FeatureStore,
+    model: str,
+    labels: Any,
+    *,
+    timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
+) -> TrainResult:
+    """Train ``model`` on ``labels`` and make the result its active version.
+
+    >>> train_model(store, "taste", "labels.parquet").version  # doctest: +SKIP
+    1
+    """
+    store.registry_cache.refresh(force=True)
+    defs = store.definitions()
+    registry_version = store.registry_cache.version
+    spec = defs.get("model", model)
+    layout = ModelLayout.from_spec(defs, spec)
+    table = read_labels(labels)
+    training = build_training_set(store, defs, layout, spec.label, table, timestamp_column)
+    w_avg, states, metrics = fit(training)
+
+    # Record the version inactive first: its states must be written before a server can pick it.
+    expected = max((v.version for v in store.model_versions.list(model)), default=0) + 1
+    directory = artifact_dir(store, model, expected)
+    recorded = store.model_versions.add(
+        model,
+        registry_version=registry_version,
+        data_start=training.data_start,
+        data_end=training.data_end,
+        metrics=metrics,
+        artifact=str(directory),
+        activate=False,
+    )
+    if recorded.version != expected:
+        raise ConflictError(
+            f"another training of model {model!r} recorded version {expected} at the same time",
+            hint="re-run the training",
+        )
+    ModelStateStore(store.online_store, model, recorded.version).publish(layout, w_avg, states)
+    write_artifact(
+        directory,
+        layout=layout,
+        w_avg=w_avg,
+        states=states,
+        manifest={
+            "model": model,
+            "version": recorded.version,
+            "registry_version": registry_version,
+            "created_at": recorded.created_at.isoformat(),
+            "data_start": _iso(training.data_start),
+            "data_end": _iso(training.data_end),
+            "metrics": metrics,
+        },
+    )
+    store.model_versions.activate(model, recorded.version)
+    return TrainResult(
+        model=model,
+        version=recorded.version,
+        registry_version=registry_version,
+        rows=metrics["rows"],
+        rows_dropped=training.dropped_missing_features + training.dropped_missing_label,
+        users=len(states),
+        items=training.items,
+        d=layout.d,
+        metrics=metrics,
+        artifact=str(directory),
+        data_start=training.data_start,
+        data_end=training.data_end,
+        w_avg=w_avg,
+    )
+
+
+# -- the artifact -------------------------------------------------------------------------------
+
+
+def artifact_dir(store: FeatureStore, model: str, version: int) -> Path:
+    return store.config.offline_path / store.project / "_models" / model / f"v{int(version)}"
+
+
+def write_artifact(
+    directory: Path,
+    *,
+    layout: ModelLayout,
+    w_avg: np.ndarray,
+    states: dict[bytes, UserState],
+    manifest: dict[str, Any],
+) -> None:
+    """states.parquet (user_key, state) then manifest.json, each written atomically."""
+    from featurestore.offline.layout import write_atomic
+
+    keys = list(states)
+    table = pa.table(
+        {
+            "user_key": pa.array(keys, pa.binary()),
+            "state": pa.array([encode_state(states[k]) for k in keys], pa.binary()),
+        }
+    )
+    write_atomic(table, directory / STATES_FILE)
+    body = {
+        "format": ARTIFACT_FORMAT,
+        **manifest,
+        "layout": layout.to_dict(),
+        "average": [float(v) for v in w_avg],
+        "users": len(keys),
+        "files": {"states": STATES_FILE},
+        "state_encoding": "featurestore.models.state_codec format 1 (docs/model-state.md)",
+    }
+    tmp = directory / f".{MANIFEST}.{uuid.uuid4().hex}.tmp"
+    tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, directory / MANIFEST)
+
+
+def read_artifact(directory: Path) -> tuple[dict[str, Any], ModelLayout, np.ndarray, dict[bytes, UserState]]:
+    """(manifest, layout, w_avg, states) of an artifact written by ``write_artifact``."""
+    import pyarrow.parquet as pq
+
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise NotFoundError(
+            f"no model artifact at {directory}", hint="train the model again to recreate it"
+        )
+    manifest = json.loads(path.read_text())
+    layout = ModelLayout.from_dict(manifest["layout"])
+    table = pq.read_table(Path(directory) / manifest["files"]["states"])
+    states = {
+        bytes(k): decode_state(v)
+        for k, v in zip(table["user_key"].to_pylist(), table["state"].to_pylist())
+    }
+    return manifest, layout, np.asarray(manifest["average"], dtype=np.float64), states
+
+
+def restore_version(store: FeatureStore, model: str, version: int) -> bool:
+    """Make sure a version's state is in the online store, reloading it from its artifact when
+    it is not (e.g. Redis was flushed). True when it had to be restored."""
+    states = ModelStateStore(store.online_store, model, version)
+    if states.exists():
+        return False
+    recorded = store.model_versions.get(model, version)
+    _, layout, w_avg, user_states = read_artifact(Path(recorded.artifact))
+    states.publish(layout, w_avg, user_states)
+    return True
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _as_arrow(dataset: Any) -> pa.Table:
+    if isinstance(dataset, pa.Table):
+        return dataset
+    for method in ("to_arrow", "to_table"):
+        if hasattr(dataset, method):
+            return getattr(dataset, method)()
+    if hasattr(dataset, "to_pandas"):
+        return pa.Table.from_pandas(dataset.to_pandas(), preserve_index=False)
+    if hasattr(dataset, "columns") and hasattr(dataset, "dtypes"):
+        return pa.Table.from_pandas(dataset, preserve_index=False)
+    raise DataError(f"the training dataset is a {type(dataset).__name__}, expected an Arrow table")
+
+
+def _null_mask(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return column.is_null().to_numpy(zero_copy_only=False) if column.null_count else np.zeros(len(column), bool)
+
+
+def _numeric_block(column: pa.ChunkedArray | pa.Array, width: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(values (n, width) float64 with NaN where null, valid mask) of a scalar or vector column."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    n = len(column)
+    valid = ~_null_mask(column)
+    out = np.full((n, width), np.nan)
+    t = column.type
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        present = column.filter(pa.array(valid))
+        lengths = pc.list_value_length(present).to_numpy(zero_copy_only=False)
+        if len(lengths) and (lengths != width).any():
+            bad = int(lengths[lengths != width][0])
+            raise DataError(f"{what} has a vector of length {bad}, the model expects {width}")
+        flat = pc.list_flatten(present)
+        values = pc.cast(flat, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+        out[valid] = values.reshape(-1, width)
+        return out, valid & np.isfinite(out).all(axis=1)
+    if width != 1:
+        raise DataError(f"{what} is a {t} column, the model expects a vector of {width}")
+    try:
+        values = pc.cast(column, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DataError(f"{what} ({t}) is not numeric: {exc}") from None
+    out[:, 0] = values
+    return out, valid & np.isfinite(values)
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if hasattr(value, "to_pydatetime"):
+        return _as_datetime(value.to_pydatetime())
+    return None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None

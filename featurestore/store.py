@@ -23,6 +23,9 @@ from registry.sql_registry import SqlRegistry, VersionInfo
 from registry.validate import load_definitions
 
 if TYPE_CHECKING:
+    from featurestore.models.feature_job import FeatureJobResult
+    from featurestore.models.serving import Prediction, Predictor
+    from featurestore.models.training import TrainResult
     from featurestore.online.base import OnlineStore
     from featurestore.retrieval import OnlineReader, OnlineResponse
 
@@ -173,11 +176,6 @@ class FeatureStore:
     # -- models ---------------------------------------------------------------------------------
     # Per-user linear models (docs/models.md). Everything lives in featurestore.models; these
     # methods only open it. The predictor (feature cache + prediction log) is made on first use.
-    if TYPE_CHECKING:  # names for the annotations of this section (imported lazily at run time)
-        from featurestore.models.feature_job import FeatureJobResult
-        from featurestore.models.serving import Prediction, Predictor
-        from featurestore.models.training import TrainResult
-
     @cached_property
     def predictor(self) -> "Predictor":
         from featurestore.models.serving import Predictor
@@ -252,6 +250,9 @@ class FeatureStore:
         return open_online_store(self.config.online_store, self.project, self.repo_path)
 
     def close(self) -> None:
+        # The predictor first: its prediction log flushes to the registry database.
+        if "predictor" in self.__dict__:
+            self.predictor.close()
         if "online_store" in self.__dict__:
             self.online_store.close()
         if "registry" in self.__dict__:

@@ -204,10 +204,12 @@ def create_app(store: FeatureStore) -> FastAPI:
         body = {"status": "ok" if ok else "unavailable", "checks": checks, "registry_version": version}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    from online_server import predict, push
+    from online_server import feedback, models_admin, predict, push
 
     predict.register(app, store, server_metrics)
+    feedback.register(app, store, server_metrics)
     push.register(app, store, server_metrics)
+    models_admin.register(app, store, server_metrics)
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
     def metrics() -> PlainTextResponse:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from featurestore.example.data import RatingsConfig, generate_ratings
@@ -141,6 +141,7 @@ def write_example_repo(
     project: str = "demo",
     config: RatingsConfig | None = None,
     force: bool = False,
+    holdout_from_day: float | None = None,
 ) -> dict[str, object]:
     """Create the example repository at ``path`` with generated data; returns a small summary.
 
@@ -169,11 +170,14 @@ def write_example_repo(
     import json
 
     (path / "schema.json").write_text(json.dumps(definition_schema(), indent=2, sort_keys=True) + "\n")
-    return {"path": str(path), **write_example_data(path, config)}
+    return {"path": str(path), **write_example_data(path, config, holdout_from_day)}
 
 
-def write_example_data(path: Path, config: RatingsConfig) -> dict[str, object]:
-    """Generate the source data: ratings split in monthly files, and initial item factors."""
+def write_example_data(path: Path, config: RatingsConfig, holdout_from_day: float | None = None) -> dict[str, object]:
+    """Generate the source data: ratings split in monthly files, and initial item factors.
+
+    With ``holdout_from_day``, ratings from that day on are not written to the source but to
+    ``data/holdout/ratings.parquet``: the future that the demo streams through /feedback."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -181,6 +185,14 @@ def write_example_data(path: Path, config: RatingsConfig) -> dict[str, object]:
 
     ratings = generate_ratings(config)
     table = ratings.to_arrow()
+    held_out = 0
+    if holdout_from_day is not None:
+        cutoff = pa.scalar(config.start + timedelta(days=holdout_from_day), pa.timestamp("us", tz="UTC"))
+        future = table.filter(pc.greater_equal(table["event_ts"], cutoff))
+        table = table.filter(pc.less(table["event_ts"], cutoff))
+        (path / "data" / "holdout").mkdir(parents=True, exist_ok=True)
+        pq.write_table(future, path / "data" / "holdout" / "ratings.parquet")
+        held_out = future.num_rows
     out = path / "data" / "source" / "ratings"
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.parquet"):
@@ -205,9 +217,18 @@ def write_example_data(path: Path, config: RatingsConfig) -> dict[str, object]:
         }
     )
     pq.write_table(item_table, path / "data" / "source" / "item_factors.parquet")
-    return {"ratings": table.num_rows, "users": config.users, "items": config.items, "days": config.days}
+    return {
+        "ratings": table.num_rows, "held_out": held_out, "users": config.users,
+        "items": config.items, "days": config.days,
+    }
+
+
+def recent_start(days: int) -> datetime:
+    """Midnight UTC ``days`` ago: generated data ends today, so ttl-bound views are fresh."""
+    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    return today - timedelta(days=days)
 
 
 def small_config() -> RatingsConfig:
     """The size `featurestore init` uses: enough to be realistic, quick to materialize."""
-    return replace(RatingsConfig(), users=500, items=200, ratings=20_000, days=30)
+    return replace(RatingsConfig(), users=500, items=200, ratings=20_000, days=30, start=recent_start(30))

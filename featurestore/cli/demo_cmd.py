@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = store.get_training_dataset(labels, ["item_embedding:factors", "item_popularity:mean_rating_1d"])
     train_path = root / "data" / "train.parquet"
     dataset.to_parquet(train_path)
+    dataset.close()
     exported = pq.read_metadata(train_path).num_rows
     print(f"      {exported:,} rows with item_embedding:factors and item_popularity:mean_rating_1d -> {train_path.relative_to(root)}")
 

@@ -162,8 +162,14 @@ class OnlineReader:
     ) -> OnlineResponse:
         plan = self.plan(features, full_names)
         requests: list[tuple[str, bytes]] = []
+        # Views of the same entity share their keys: encode each key set once per call.
+        encoded: dict[tuple[str, ...], list[bytes]] = {}
         for vp in plan.views:
-            requests += [(vp.view, _key(vp, row, i)) for i, row in enumerate(entity_rows)]
+            keys = encoded.get(vp.key_names)
+            if keys is None:
+                keys = encoded[vp.key_names] = _keys(vp, entity_rows)
+            view = vp.view
+            requests += [(view, key) for key in keys]
         results = self.store.read_latest(requests) if requests else []
         now = time.time_ns() // 1000 if now_us is None else now_us
         n = len(entity_rows)
@@ -207,6 +213,18 @@ class OnlineReader:
         newest = self.store.newest_event_ts(names)
         now = time.time_ns() // 1000 if now_us is None else now_us
         return {v: None if newest.get(v) is None else (now - newest[v]) / 1e6 for v in names}  # type: ignore[operator]
+
+
+def _keys(vp: _ViewPlan, rows: Sequence[Mapping[str, Any]]) -> list[bytes]:
+    """The store keys of ``rows`` for one view. A single integer key, the common case, takes a
+    fast path (``b"%d"``, the codec's own text form); anything else goes through the codec."""
+    if len(vp.key_names) == 1 and vp.key_dtypes[0] == "int64":
+        name = vp.key_names[0]
+        try:
+            return [b"%d" % v if type(v) is int else _key(vp, row, i) for i, row in enumerate(rows) for v in (row[name],)]
+        except (KeyError, TypeError):
+            pass  # fall through to the slow path, which names the bad row
+    return [_key(vp, row, i) for i, row in enumerate(rows)]
 
 
 def _key(vp: _ViewPlan, row: Mapping[str, Any], index: int) -> bytes:

@@ -137,7 +137,7 @@ class FeedbackLog:
                  "float8", "text", "timestamptz", "timestamptz"]
         sql = (
             f"INSERT INTO fs_feedback ({', '.join(cols)}) "
-            f"SELECT * FROM unnest({', '.join(f'%s::{ty}[]' for ty in types)}) "
+            f"SELECT * FROM unnest({', '.join(f'%b::{ty}[]' for ty in types)}) "
             "ON CONFLICT (project, feedback_id) DO NOTHING RETURNING feedback_id"
         )
         params = [[r[c] for r in rows] for c in cols]

@@ -242,6 +242,80 @@ class FeatureStore:
         self.activate_model(model, older[-1])
         return older[-1]
 
+    # -- feedback ---
+    # Observations that update the per-user models online (docs/feedback.md). The logic lives in
+    # featurestore.feedback and is shared with `POST /feedback`; it uses this store's predictor
+    # (its feature cache, layouts and prediction log).
+    if TYPE_CHECKING:
+        from featurestore.feedback import FeedbackInput, FeedbackResult, FeedbackService
+
+    @cached_property
+    def feedback_service(self) -> "FeedbackService":
+        from featurestore.feedback import FeedbackService
+
+        return FeedbackService(self)
+
+    def feedback(
+        self,
+        model: str,
+        user: Mapping[str, Any],
+        item: Mapping[str, Any],
+        label: float,
+        feedback_id: str,
+        *,
+        prediction_id: str | None = None,
+        ts: Any = None,
+        slice: str | None = None,  # noqa: A002 - the name of the field in the HTTP API
+        request_features: Mapping[str, Any] | None = None,
+    ) -> "FeedbackResult":
+        """Record one observation durably, then learn from it (a retry with the same
+        ``feedback_id`` changes nothing). A bad observation raises DataError naming the field.
+
+        >>> store.feedback("taste", {"user_id": 7}, {"item_id": 3}, 4.0, "fb-1").new  # doctest: +SKIP
+        1
+        """
+        from featurestore.feedback import FeedbackInput
+        from registry.errors import DataError
+
+        result = self.feedback_service.submit(
+            [FeedbackInput(model, user, item, label, feedback_id, prediction_id, ts, slice, request_features)]
+        )
+        if result.rejected:
+            bad = result.rejected[0]
+            raise DataError(f"field `{bad.field}`: {bad.reason}", hint=bad.hint)
+        return result
+
+    def feedback_many(self, observations: "list[Mapping[str, Any] | FeedbackInput]") -> "FeedbackResult":
+        """Record and learn a batch (mappings with the keys of ``POST /feedback``); the good
+        observations are accepted, the result lists the rejected ones with index and reason."""
+        from featurestore.feedback import FeedbackInput
+
+        return self.feedback_service.submit(
+            [o if isinstance(o, FeedbackInput) else FeedbackInput.from_dict(o) for o in observations]
+        )
+
+    # -- push ---------------------------------------------------------------------------------
+    # Events into a view's stream (docs/streaming.md); the logic lives in featurestore.push.
+    @cached_property
+    def pusher(self) -> "Pusher":
+        from featurestore.push import Pusher
+
+        return Pusher(self)
+
+    def push(self, view: str, rows: "Sequence[Mapping[str, Any]]") -> "PushResult":
+        """Check events against ``view`` and append them to its stream, all or none; the stream
+        job (``featurestore stream``) writes them online and offline.
+
+        >>> store.push("user_clicks", [{"user_id": 7, "ts": "2026-11-22T10:00:00Z", "clicks": 1}]).pushed  # doctest: +SKIP
+        1
+        """
+        return self.pusher.push(view, rows)
+
+    if TYPE_CHECKING:  # names for the annotations of this section (imported lazily at run time)
+        from collections.abc import Sequence
+
+        from featurestore.push import Pusher, PushResult
+
     # -- stores -------------------------------------------------------------------------------
     @cached_property
     def online_store(self) -> "OnlineStore":

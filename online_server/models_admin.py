@@ -1,9 +1,62 @@
-"""Placeholder: being built; ``register`` adds its routes to the app."""
+"""``POST /models/{model}/activate`` and ``POST /models/{model}/rollback`` (role ``admin``).
+
+Both go through the SDK (``FeatureStore.activate_model`` / ``rollback_model``): activation is one
+row in the registry database, so every server — this one included — serves the new version from
+its next poll (at most a second); this process's predictor is refreshed at once. Activating a
+version whose online state is gone (Redis flushed) reloads it from the training artifact first.
+The auth middleware checks the role before these handlers run.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
-def register(app: Any, store: Any, server_metrics: Any) -> None:
-    """Add the routes (none yet)."""
+from featurestore.store import FeatureStore
+from online_server import metrics as m
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ActivateRequest(_Body):
+    version: int = Field(ge=1, description="The version to serve.")
+
+
+class ActiveVersionResponse(_Body):
+    model: str
+    version: int = Field(description="The version now active.")
+    previous: int | None = Field(description="The version active before, if any.")
+
+
+def register(app: FastAPI, store: FeatureStore, server_metrics: Any) -> None:
+    """Add the model administration routes."""
+    from online_server.app import ERRORS
+
+    changes = server_metrics.registry.add(
+        m.Counter("featurestore_model_activations_total", "Versions activated through the API, by model and action.",
+                  ("model", "action"))
+    )
+
+    def previous(model: str) -> int | None:
+        return store.model_versions.active_versions().get(model)
+
+    @app.post("/models/{model}/activate", response_model=ActiveVersionResponse, responses=ERRORS, tags=["admin"])
+    def activate(model: str, body: ActivateRequest) -> Any:
+        """Serve ``version`` of the model (reloading its state from its artifact if needed)."""
+        before = previous(model)
+        store.activate_model(model, body.version)
+        changes.inc(model, "activate")
+        return JSONResponse({"model": model, "version": body.version, "previous": before})
+
+    @app.post("/models/{model}/rollback", response_model=ActiveVersionResponse, responses=ERRORS, tags=["admin"])
+    def rollback(model: str) -> Any:
+        """Serve the version before the active one; 404 when there is none."""
+        before = previous(model)
+        version = store.rollback_model(model)
+        changes.inc(model, "rollback")
+        return JSONResponse({"model": model, "version": version, "previous": before})

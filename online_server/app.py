@@ -233,12 +233,18 @@ def build_openapi() -> dict[str, Any]:
     whose methods are never called (only ``create_app``'s route declarations run)."""
     from featurestore.config import RepoConfig
 
-    class _SchemaOnlyStore:
-        config = RepoConfig(project="docs")
-        project = "docs"
+    class _Inert:
+        """Stands in for anything the route declarations reach; fails if actually used."""
 
         def __getattr__(self, name: str) -> Any:
-            raise RuntimeError(f"the schema-only store has no {name!r}")
+            return self
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("the schema-only store cannot serve requests")
+
+    class _SchemaOnlyStore(_Inert):
+        config = RepoConfig(project="docs")
+        project = "docs"
 
     app = create_app(_SchemaOnlyStore())  # type: ignore[arg-type]
     return app.openapi()

@@ -29,7 +29,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "token": ("featurestore.cli.token_cmd", "create a bearer token for the server (prints it once)"),
     "jobs": ("featurestore.cli.jobs_cmd", "run feature jobs (learned item factors) and materialize their views"),
     "train": ("featurestore.cli.models_cmd", "train a per-user linear model as a new version"),
-    "models": ("featurestore.cli.models_cmd", "list, show, activate and roll back model versions"),
+    "models": ("featurestore.cli.models_cmd", "model versions and feedback: list, show, activate, rollback, status, replay, retrain, export-feedback"),
 }
 
 EPILOG = "Run `featurestore VERB --help` for a verb's options. Docs: docs/cli.md"

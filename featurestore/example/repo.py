@@ -85,7 +85,7 @@ feature_views:
   - name: item_popularity
     entities: [item]
     source: item_daily
-    ttl: 30d
+    ttl: 90d
     features:
       - {{name: ratings_1d, dtype: int64, description: Ratings received that day.}}
       - {{name: mean_rating_1d, dtype: float64, description: Their mean.}}

@@ -35,6 +35,27 @@ def run_isolated(module_args: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def run_wrk(port: int, script: Path, seconds: int, connections: int, threads: int = 1) -> dict[str, float]:
+    """Run wrk against a local server; requests/s and p50/p99 in ms. Any error response fails."""
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
+         f"http://127.0.0.1:{port}"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    result: dict[str, float] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            result["rps"] = float(parts[1])
+        elif len(parts) == 2 and parts[0] in ("50%", "99%"):
+            value = parts[1]
+            scale = 1e-3 if value.endswith("us") else (1.0 if value.endswith("ms") else 1e3)
+            result["p" + parts[0][:-1]] = float(value.rstrip("usm")) * scale
+        elif "Non-2xx" in line or "Socket errors" in line:
+            raise SystemExit(f"errors during the HTTP benchmark: {line}\n{out}")
+    return result
+
+
 def row(label: str, ours: float, ref: float, unit: str, higher_is_better: bool = False) -> str:
     ratio = ours / ref if ref else float("nan")
     note = "ours/ref" if not higher_is_better else "ours/ref (higher is better)"

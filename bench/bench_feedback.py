@@ -45,7 +45,7 @@ import numpy as np
 import pyarrow as pa
 
 import featurestore.feedback as feedback_module
-from bench._common import OUT, percentile
+from bench._common import OUT, percentile, run_wrk
 from bench.bench_online import free_port, wait_up
 from bench.bench_predict import DEFS, _delete_project
 from featurestore import FeatureStore
@@ -232,23 +232,6 @@ end
     return path
 
 
-def run_wrk(port: int, script: Path, seconds: int, connections: int) -> dict[str, float]:
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}"],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    result: dict[str, float] = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if line.startswith("Requests/sec:"):
-            result["rps"] = float(parts[1])
-        elif len(parts) == 2 and parts[0] in ("50%", "99%"):
-            value = parts[1]
-            scale = 1e-3 if value.endswith("us") else (1.0 if value.endswith("ms") else 1e3)
-            result["p" + parts[0][:-1]] = float(value.rstrip("usm")) * scale
-        elif "Non-2xx" in line or "Socket errors" in line:
-            raise SystemExit(f"errors during the HTTP benchmark: {line}\n{out}")
-    return result
 
 
 def http_cases(root: Path, registry: str, users: int, items: int, seconds: int, store: FeatureStore) -> dict[int, dict[str, float]]:

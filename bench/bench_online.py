@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from bench._common import OUT, row, summary_ms  # noqa: E402
+from bench._common import OUT, row, run_wrk, summary_ms  # noqa: E402
 from featurestore import FeatureStore  # noqa: E402
 from featurestore.online.codec import ValueCodec, encode_entity_keys  # noqa: E402
 
@@ -176,22 +176,7 @@ def wait_up(port: int, timeout: float = 30) -> None:
 
 
 def wrk(port: int, script: Path, seconds: int) -> dict[str, float]:
-    out = subprocess.run(
-        ["wrk", "-t2", "-c32", f"-d{seconds}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}"],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    result: dict[str, float] = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if line.startswith("Requests/sec:"):
-            result["rps"] = float(parts[1])
-        elif len(parts) == 2 and parts[0] in ("50%", "99%"):
-            value = parts[1]
-            scale = 1e-3 if value.endswith("us") else (1.0 if value.endswith("ms") else 1e3)
-            result["p" + parts[0][:-1]] = float(value.rstrip("usm")) * scale
-        elif "Non-2xx" in line:
-            raise SystemExit(f"non-2xx responses during the HTTP benchmark: {line}")
-    return result
+    return run_wrk(port, script, seconds, connections=32, threads=2)
 
 
 def http_case(cmd: list[str], port: int, script: Path, seconds: int, env: dict[str, str]) -> dict[str, float]:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import pyarrow as pa
 
-from bench._common import OUT, row, summary_ms
+from bench._common import OUT, row, run_wrk, summary_ms
 from bench.bench_online import free_port, wait_up
 from featurestore import FeatureStore
 from featurestore.models.linear import UserState
@@ -157,23 +157,6 @@ def bodies_for(users: int, items: int, n: int) -> tuple[list[str], list[str]]:
     return predict, features
 
 
-def run_wrk(port: int, script: Path, seconds: int, connections: int) -> dict[str, float]:
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}"],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    result: dict[str, float] = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if line.startswith("Requests/sec:"):
-            result["rps"] = float(parts[1])
-        elif len(parts) == 2 and parts[0] in ("50%", "99%"):
-            value = parts[1]
-            scale = 1e-3 if value.endswith("us") else (1.0 if value.endswith("ms") else 1e3)
-            result["p" + parts[0][:-1]] = float(value.rstrip("usm")) * scale
-        elif "Non-2xx" in line or "Socket errors" in line:
-            raise SystemExit(f"errors during the HTTP benchmark: {line}")
-    return result
 
 
 def verdict(ok: bool) -> str:

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from featurestore.config import OnlineStoreConfig
     from featurestore.store import FeatureStore
-    from materializers.transforms import ViewSchema
+    from materializers.schema import ViewSchema
 
 __all__ = [
     "ViewRun",
@@ -132,7 +132,12 @@ class ViewRun:
 def build_view_pipeline(
     pipeline: beam.Pipeline, run: ViewRun, progress_key: str | None = None
 ) -> None:
-    """Add one view's materialization to ``pipeline``."""
+    """Add one view's materialization to ``pipeline``.
+
+    A view with aggregations validates its source rows as events (read from the interval's
+    start minus the largest window) and replaces deduplication by ``AggregateByDate``.
+    """
+    from materializers.aggregate_transforms import AggregateByDate, read_interval
     from materializers.rejects import WriteRejects
     from materializers.transforms import (
         DeduplicateByPartition,
@@ -144,11 +149,17 @@ def build_view_pipeline(
 
     s = run.schema
     batches = pipeline | "Read" >> ReadSource(run.reader, progress_key)
-    valid, rejects = batches | "Validate" >> ValidateAndCast(s, run.interval)
+    if s.aggregated:
+        valid, rejects = batches | "Validate" >> ValidateAndCast(
+            s.event_schema(), read_interval(s, run.interval)
+        )
+        days = valid | "Aggregate" >> AggregateByDate(s, run.interval, run.days)
+    else:
+        valid, rejects = batches | "Validate" >> ValidateAndCast(s, run.interval)
+        days = valid | "Deduplicate" >> DeduplicateByPartition(
+            s, str(run.staging_dir / "offline"), run.batch_rows, run.days
+        )
     _ = rejects | "WriteRejects" >> WriteRejects(run.rejects_target, run.staging_dir / "rejects")
-    days = valid | "Deduplicate" >> DeduplicateByPartition(
-        s, str(run.staging_dir / "offline"), run.batch_rows, run.days
-    )
     written = days | "WriteOffline" >> WriteOffline(
         s, run.offline_path, run.project, run.interval, progress_key
     )
@@ -186,7 +197,8 @@ def plan(
     incremental: bool = False,
 ) -> tuple[list[ViewRun | ViewSummary], int]:
     """The runs to do (or skipped summaries), each source checked; and the registry version."""
-    from materializers.transforms import ViewSchema, check_source_schema
+    from materializers.aggregate_transforms import read_interval
+    from materializers.schema import ViewSchema, check_source_schema
 
     definitions, version = _applied(store)
     names = list(dict.fromkeys(views)) if views else sorted(definitions.feature_views)
@@ -238,7 +250,7 @@ def plan(
             definitions.get("source", definitions.feature_views[name].source),
             columns=schema.source_columns,
             timestamp_field=schema.timestamp_field,
-            interval=interval,
+            interval=read_interval(schema, interval) if schema.aggregated else interval,
             root=config.root,
             batch_rows=config.materialization.batch_rows,
             postgres_url=config.postgres_url,
@@ -304,7 +316,7 @@ def _original(exc: BaseException) -> BaseException:
 def _counters(result: Any) -> dict[str, int]:
     from apache_beam.metrics.metric import MetricsFilter
 
-    from materializers.transforms import METRICS_NAMESPACE
+    from materializers.metrics import METRICS_NAMESPACE
 
     out: dict[str, int] = {}
     found = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))

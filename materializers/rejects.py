@@ -22,8 +22,6 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-REASON = "reason"
-
 
 def rejects_dir(offline_path: Path, project: str, view: str) -> Path:
     return Path(offline_path) / project / "_rejects" / view

@@ -212,7 +212,8 @@ class OnlineReader:
         names = list(views) if views is not None else [v for v, s in defs.feature_views.items() if s.online]
         newest = self.store.newest_event_ts(names)
         now = time.time_ns() // 1000 if now_us is None else now_us
-        return {v: None if newest.get(v) is None else (now - newest[v]) / 1e6 for v in names}  # type: ignore[operator]
+        # An aggregate's newest row is stamped with its window's end, which may lie ahead of now.
+        return {v: None if newest.get(v) is None else max(0.0, (now - newest[v]) / 1e6) for v in names}  # type: ignore[operator]
 
 
 def _keys(vp: _ViewPlan, rows: Sequence[Mapping[str, Any]]) -> list[bytes]:

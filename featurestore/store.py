@@ -327,6 +327,8 @@ class FeatureStore:
         # The predictor first: its prediction log flushes to the registry database.
         if "predictor" in self.__dict__:
             self.predictor.close()
+        if "pusher" in self.__dict__:
+            self.pusher.close()
         if "online_store" in self.__dict__:
             self.online_store.close()
         if "registry" in self.__dict__:

@@ -1,7 +1,7 @@
 """The offline store's Parquet layout (specified in docs/offline-store.md, pinned by a golden test).
 
     {offline_path}/{project}/{view}/date=YYYY-MM-DD/data.parquet         batch jobs
-    {offline_path}/{project}/{view}/date=YYYY-MM-DD/stream-{window}.parquet  stream jobs
+    {offline_path}/{project}/{view}/date=YYYY-MM-DD/stream-{window}-{consumer}.parquet  stream jobs
     {offline_path}/{project}/_rejects/{view}/{run_id}.parquet              rows that failed checks
 
 Columns, in this order: the view's join keys (declared dtypes), ``event_timestamp`` and

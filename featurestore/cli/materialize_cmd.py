@@ -25,8 +25,12 @@ The default runner is Beam's in-process Python runner. See docs/materialization.
 
 # Options of this command that may also appear among the views (argparse stops at the first
 # positional and leaves the rest to us).
-_VALUE_OPTIONS = {"--start": "start", "--end": "end", "-r": "repo", "--repo": "repo"}
-_FLAG_OPTIONS = {"--incremental": "incremental", "--no-progress": "no_progress", "--debug": "debug"}
+_OPTIONS = {
+    "--start": ("start", True),
+    "--end": ("end", True),
+    "--incremental": ("incremental", False),
+    "--no-progress": ("no_progress", False),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
@@ -59,37 +63,9 @@ def split_rest(rest: list[str]) -> tuple[list[str], dict[str, object], list[str]
     >>> split_rest(["a", "--start", "2026-01-01", "b", "--", "--runner", "FlinkRunner"])
     (['a', 'b'], {'start': '2026-01-01'}, ['--runner', 'FlinkRunner'])
     """
-    views: list[str] = []
-    ours: dict[str, object] = {}
-    beam_args: list[str] = []
-    i = 0
-    while i < len(rest):
-        token = rest[i]
-        if token == "--":
-            beam_args.extend(rest[i + 1 :])
-            break
-        name, eq, value = token.partition("=")
-        if name in _VALUE_OPTIONS:
-            if not eq:
-                if i + 1 >= len(rest):
-                    from registry.errors import UserError
+    from featurestore.cli.beam_args import split_rest as split
 
-                    raise UserError(f"{name} needs a value", hint=f"e.g. {name} 2026-01-01")
-                i += 1
-                value = rest[i]
-            ours[_VALUE_OPTIONS[name]] = value
-        elif token in _FLAG_OPTIONS:
-            ours[_FLAG_OPTIONS[token]] = True
-        elif token.startswith("-"):
-            beam_args.append(token)
-            # `--option value`: a following non-option token is the option's value.
-            if not eq and i + 1 < len(rest) and not rest[i + 1].startswith("-"):
-                i += 1
-                beam_args.append(rest[i])
-        else:
-            views.append(token)
-        i += 1
-    return views, ours, beam_args
+    return split(rest, _OPTIONS)
 
 
 class _DropApitools(logging.Filter):

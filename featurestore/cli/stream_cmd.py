@@ -30,9 +30,6 @@ _OPTIONS = {
     "--stats-interval": ("stats_interval", True),
     "--claim-idle": ("claim_idle", True),
     "--generation": ("generation", True),
-    "-r": ("repo", True),
-    "--repo": ("repo", True),
-    "--debug": ("debug", False),
 }
 
 
@@ -92,38 +89,9 @@ def split_rest(rest: list[str]) -> tuple[list[str], dict[str, object], list[str]
     >>> split_rest(["a", "--consumer", "j1", "b", "--", "--runner", "FlinkRunner"])
     (['a', 'b'], {'consumer': 'j1'}, ['--runner', 'FlinkRunner'])
     """
-    from registry.errors import UserError
+    from featurestore.cli.beam_args import split_rest as split
 
-    views: list[str] = []
-    ours: dict[str, object] = {}
-    beam_args: list[str] = []
-    i = 0
-    while i < len(rest):
-        token = rest[i]
-        if token == "--":
-            beam_args.extend(rest[i + 1 :])
-            break
-        name, eq, value = token.partition("=")
-        if name in _OPTIONS:
-            attribute, takes_value = _OPTIONS[name]
-            if not takes_value:
-                ours[attribute] = True
-            else:
-                if not eq:
-                    if i + 1 >= len(rest):
-                        raise UserError(f"{name} needs a value", hint=f"e.g. {name}=...")
-                    i += 1
-                    value = rest[i]
-                ours[attribute] = value
-        elif token.startswith("-"):
-            beam_args.append(token)
-            if not eq and i + 1 < len(rest) and not rest[i + 1].startswith("-"):
-                i += 1
-                beam_args.append(rest[i])
-        else:
-            views.append(token)
-        i += 1
-    return views, ours, beam_args
+    return split(rest, _OPTIONS)
 
 
 def _seconds(option: str, value: object) -> int:

@@ -17,16 +17,14 @@ from registry.errors import (
     UserError,
 )
 
-__all__ = sorted(
-    [
-        "ConfigError",
-        "ConflictError",
-        "DefinitionError",
-        "FeatureStore",
-        "FeatureStoreError",
-        "NotFoundError",
-        "StoreUnavailableError",
-        "UserError",
-    ]
-)
+__all__ = [
+    "ConfigError",
+    "ConflictError",
+    "DefinitionError",
+    "FeatureStore",
+    "FeatureStoreError",
+    "NotFoundError",
+    "StoreUnavailableError",
+    "UserError",
+]
 __version__ = "0.1.0"

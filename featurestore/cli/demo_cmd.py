@@ -53,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from featurestore.example.data import RatingsConfig

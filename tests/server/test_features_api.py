@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from featurestore import FeatureStore
 from online_server import create_app
 from tests.retrieval.conftest import NOW_US, fill, make_repo
 

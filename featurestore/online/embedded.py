@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -194,7 +195,7 @@ class EmbeddedOnlineStore(OnlineStore):
             )
             try:
                 conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-                conn.execute("PRAGMA journal_mode = WAL")
+                _enable_wal(conn)
                 conn.execute("PRAGMA synchronous = NORMAL")
                 if not self._migrated:
                     self._migrate(conn)
@@ -374,6 +375,22 @@ class EmbeddedOnlineStore(OnlineStore):
         self._check_open()
         with self._guard("pinging"):
             self._conn().execute("SELECT count(*) FROM meta WHERE project = ?", (self.project,))
+
+
+def _enable_wal(conn: sqlite3.Connection, attempts: int = 200) -> None:
+    """Switch a new file to WAL. SQLite answers "database is locked" at once, without waiting
+    on the busy timeout, when two processes switch the same new file at the same moment; the
+    loser retries and then finds WAL already on."""
+    for attempt in range(attempts):
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.01)
 
 
 @contextmanager

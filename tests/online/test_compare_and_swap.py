@@ -47,7 +47,8 @@ def test_concurrent_increments_lose_nothing_threads(store: OnlineStore) -> None:
 def _increment_in_process(kind: str, root: str, url: str, project: str, times: int, barrier) -> None:  # type: ignore[no-untyped-def]
     config = OnlineStoreConfig.model_validate({"type": kind, "path": "online.db", "url": url})
     store = open_online_store(config, project, Path(root))
-    barrier.wait()
+    store.ping()  # open (and, for a new file, initialise) before the race starts
+    barrier.wait(timeout=60)
     _increment(store, times)
     store.close()
 
@@ -60,14 +61,21 @@ def test_concurrent_increments_lose_nothing_processes(
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
     procs = [
-        ctx.Process(target=_increment_in_process, args=(kind, str(tmp_path), url, unique_project, 150, barrier))
+        ctx.Process(
+            target=_increment_in_process, args=(kind, str(tmp_path), url, unique_project, 150, barrier), daemon=True
+        )
         for _ in range(2)
     ]
     for p in procs:
         p.start()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    try:
+        for p in procs:
+            p.join(120)
+            assert p.exitcode == 0, f"worker exit code {p.exitcode}"
+    finally:
+        for p in procs:  # never leave a child behind: pytest would wait for it at exit
+            if p.is_alive():
+                p.kill()
     config = OnlineStoreConfig.model_validate({"type": kind, "path": "online.db", "url": url})
     store = open_online_store(config, unique_project, tmp_path)
     try:

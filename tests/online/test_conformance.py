@@ -298,7 +298,8 @@ def test_embedded_two_processes_end_with_the_newest_values(tmp_path: Path) -> No
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(2)
     workers = [
-        context.Process(target=_write_from_process, args=(path, "demo", w, barrier)) for w in (0, 1)
+        context.Process(target=_write_from_process, args=(path, "demo", w, barrier), daemon=True)
+        for w in (0, 1)
     ]
     for process in workers:
         process.start()

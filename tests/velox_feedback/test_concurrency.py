@@ -43,7 +43,7 @@ def _worker(root: str, online: dict[str, Any], worker: str, barrier: Any, retrie
     # Warm up (registry, layout, connections) so that both start learning at the same moment.
     store.predict("taste", {"user_id": 1}, [{"item_id": 1}])
     _ = store.feedback_service
-    barrier.wait()
+    barrier.wait(timeout=60)
     sizes = [1, 3, 7, 2, 5]
     k = i = 0
     while i < len(observations):
@@ -62,12 +62,20 @@ def _run_two_processes(store: FeatureStore, online: dict[str, Any]) -> int:
     predictor.predict("taste", {"user_id": 1}, [{"item_id": 1}])  # layout and average now cached here
     ctx = multiprocessing.get_context("spawn")
     barrier, retries = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(str(store.repo_path), online, w, barrier, retries)) for w in "ab"]
+    procs = [
+        ctx.Process(target=_worker, args=(str(store.repo_path), online, w, barrier, retries), daemon=True)
+        for w in "ab"
+    ]
     for p in procs:
         p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+    try:
+        for p in procs:
+            p.join(120)
+            assert p.exitcode == 0
+    finally:
+        for p in procs:  # never leave a child behind: pytest would wait for it at exit
+            if p.is_alive():
+                p.kill()
     total_retries = retries.get(timeout=5) + retries.get(timeout=5)
 
     observations = _observations("a") + _observations("b")

@@ -56,6 +56,25 @@ def run_wrk(port: int, script: Path, seconds: int, connections: int, threads: in
     return result
 
 
+def delete_redis_project(redis_url: str, project: str) -> int:
+    """Delete every key of ``project`` (``{project}:*``), in batches; returns how many."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    deleted, batch = 0, []
+    try:
+        for key in client.scan_iter(match=f"{project}:*", count=10_000):
+            batch.append(key)
+            if len(batch) >= 10_000:
+                deleted += client.unlink(*batch)
+                batch = []
+        if batch:
+            deleted += client.unlink(*batch)
+    finally:
+        client.close()
+    return deleted
+
+
 def row(label: str, ours: float, ref: float, unit: str, higher_is_better: bool = False) -> str:
     ratio = ours / ref if ref else float("nan")
     note = "ours/ref" if not higher_is_better else "ours/ref (higher is better)"

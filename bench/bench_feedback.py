@@ -45,9 +45,9 @@ import numpy as np
 import pyarrow as pa
 
 import featurestore.feedback as feedback_module
-from bench._common import OUT, percentile, run_wrk
+from bench._common import OUT, delete_redis_project, percentile, run_wrk
 from bench.bench_online import free_port, wait_up
-from bench.bench_predict import DEFS, _delete_project
+from bench.bench_predict import DEFS
 from featurestore import FeatureStore
 from featurestore.feedback import BatchStateCodec, FeedbackInput
 from featurestore.models.linear import UserState
@@ -66,7 +66,7 @@ def build(root: Path, registry: str, redis_url: str, users: int, items: int) -> 
     project = "bench_feedback"
     if root.exists():
         shutil.rmtree(root)
-    _delete_project(redis_url, project)
+    delete_redis_project(redis_url, project)
     (root / "features").mkdir(parents=True)
     (root / "features" / "defs.yaml").write_text(DEFS.format(factors=D - 1))
     (root / "featurestore.yaml").write_text(
@@ -334,7 +334,7 @@ def main() -> None:
         with admin.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
-        _delete_project(args.redis_url, "bench_feedback")
+        delete_redis_project(args.redis_url, "bench_feedback")
 
     print(f"\n  {'case':46} {'obs/s':>10} {'p50 ms':>8} {'p99 ms':>8}   reference: plain psycopg insert, same rows")
     for size in (1, 500):

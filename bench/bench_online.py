@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from bench._common import OUT, row, run_wrk, summary_ms  # noqa: E402
+from bench._common import OUT, delete_redis_project, row, run_wrk, summary_ms  # noqa: E402
 from featurestore import FeatureStore  # noqa: E402
 from featurestore.online.codec import ValueCodec, encode_entity_keys  # noqa: E402
 
@@ -63,12 +63,7 @@ def build(root: Path, backend: str, entities: int, redis_url: str) -> FeatureSto
     now = time.time_ns() // 1000
     online = store.online_store
     if backend == "redis":
-        online.delete_namespace  # noqa: B018
-        import redis
-
-        client = redis.Redis.from_url(redis_url)
-        for key in client.scan_iter(match=f"bench_{backend}:*", count=10_000):
-            client.delete(key)
+        delete_redis_project(redis_url, f"bench_{backend}")
     for view in VIEWS:
         columns = [pa.array(rng.random(entities, dtype=np.float32)) for _ in range(FEATURES)]
         payloads = codec.encode_rows(columns)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import pyarrow as pa
 
-from bench._common import OUT, row, run_wrk, summary_ms
+from bench._common import OUT, delete_redis_project, row, run_wrk, summary_ms
 from bench.bench_online import free_port, wait_up
 from featurestore import FeatureStore
 from featurestore.models.linear import UserState
@@ -54,20 +54,6 @@ models:
 BODIES = 200  # distinct request bodies per case, picked at random by wrk
 
 
-def _delete_project(redis_url: str, project: str) -> int:
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    deleted, batch = 0, []
-    for key in client.scan_iter(match=f"{project}:*", count=10_000):
-        batch.append(key)
-        if len(batch) >= 10_000:
-            deleted += client.unlink(*batch)
-            batch = []
-    if batch:
-        deleted += client.unlink(*batch)
-    client.close()
-    return deleted
 
 
 def build(root: Path, d: int, users: int, items: int, redis_url: str) -> FeatureStore:
@@ -75,7 +61,7 @@ def build(root: Path, d: int, users: int, items: int, redis_url: str) -> Feature
     project = f"bench_predict_d{d}"
     if root.exists():
         shutil.rmtree(root)
-    _delete_project(redis_url, project)
+    delete_redis_project(redis_url, project)
     (root / "features").mkdir(parents=True)
     (root / "features" / "defs.yaml").write_text(DEFS.format(factors=d - 1))
     (root / "featurestore.yaml").write_text(
@@ -229,7 +215,7 @@ def main() -> None:
         if not args.no_http:
             http_cases(root, users, items, sizes, seconds, args.connections)
         if not args.keep:
-            _delete_project(args.redis_url, f"bench_predict_d{d}")
+            delete_redis_project(args.redis_url, f"bench_predict_d{d}")
 
 
 if __name__ == "__main__":

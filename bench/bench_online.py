@@ -199,8 +199,7 @@ def http_bench(repo: Path, entities: int, seconds: int, workers: int) -> None:
         p1, script, seconds, env,
     )
     bare = http_case(
-        [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--port", str(p2),
-         "--workers", str(workers), "--log-level", "warning", "--no-access-log"],
+        [sys.executable, "-m", "bench.bare_app", "--port", str(p2), "--workers", str(workers)],
         p2, script, seconds, env,
     )
     print(f" HTTP POST /features, 1 entity, {workers} worker(s), wrk -t2 -c32 -d{seconds}s:")

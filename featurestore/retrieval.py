@@ -160,6 +160,28 @@ class OnlineReader:
         with_timestamps: bool = False,
         now_us: int | None = None,
     ) -> OnlineResponse:
+        plan, requests = self._requests(features, entity_rows, full_names)
+        results = self.store.read_latest(requests) if requests else []
+        return _assemble(plan, entity_rows, results, with_timestamps, now_us)
+
+    async def get_online_features_async(
+        self,
+        features: Sequence[str] | str,
+        entity_rows: Sequence[Mapping[str, Any]],
+        *,
+        full_names: bool = False,
+        with_timestamps: bool = False,
+        now_us: int | None = None,
+    ) -> OnlineResponse:
+        """The same, awaiting the store's read so the event loop serves others meanwhile."""
+        plan, requests = self._requests(features, entity_rows, full_names)
+        results = await self.store.read_latest_async(requests) if requests else []
+        return _assemble(plan, entity_rows, results, with_timestamps, now_us)
+
+    def _requests(
+        self, features: Sequence[str] | str, entity_rows: Sequence[Mapping[str, Any]], full_names: bool
+    ) -> tuple[RetrievalPlan, list[tuple[str, bytes]]]:
+        """The plan and the ``(view, key)`` reads of one call, view by view."""
         plan = self.plan(features, full_names)
         requests: list[tuple[str, bytes]] = []
         # Views of the same entity share their keys: encode each key set once per call.
@@ -170,41 +192,7 @@ class OnlineReader:
                 keys = encoded[vp.key_names] = _keys(vp, entity_rows)
             view = vp.view
             requests += [(view, key) for key in keys]
-        results = self.store.read_latest(requests) if requests else []
-        now = time.time_ns() // 1000 if now_us is None else now_us
-        n = len(entity_rows)
-        values: dict[str, list[Any]] = {}
-        statuses: dict[str, list[str]] = {}
-        stamps: dict[str, list[int | None]] | None = {} if with_timestamps else None
-        offset = 0
-        for vp in plan.views:
-            chunk = results[offset : offset + n]
-            offset += n
-            decoded: list[Any] = []
-            status: list[str] = []
-            times: list[int | None] = []
-            decode, ttl = vp.codec.decode, vp.ttl_us
-            for hit in chunk:
-                if hit is None:
-                    decoded.append(None)
-                    status.append(NOT_FOUND)
-                    times.append(None)
-                    continue
-                event_ts, payload = hit
-                times.append(event_ts)
-                if ttl and event_ts <= now - ttl:
-                    decoded.append(None)
-                    status.append(EXPIRED)
-                else:
-                    decoded.append(decode(payload))
-                    status.append(PRESENT)
-            for pick, column in zip(vp.picks, vp.columns):
-                values[column] = [None if d is None else d[pick] for d in decoded]
-                statuses[column] = status
-                if stamps is not None:
-                    stamps[column] = times
-        ordered = {c: values[c] for c in plan.columns}
-        return OnlineResponse(entity_rows, plan.join_keys, ordered, statuses, stamps)
+        return plan, requests
 
     def freshness(self, views: Iterable[str] | None = None, now_us: int | None = None) -> dict[str, float | None]:
         """Seconds since the newest materialized event of each view (None: nothing written)."""
@@ -214,6 +202,50 @@ class OnlineReader:
         now = time.time_ns() // 1000 if now_us is None else now_us
         # An aggregate's newest row is stamped with its window's end, which may lie ahead of now.
         return {v: None if newest.get(v) is None else max(0.0, (now - newest[v]) / 1e6) for v in names}  # type: ignore[operator]
+
+
+def _assemble(
+    plan: RetrievalPlan,
+    entity_rows: Sequence[Mapping[str, Any]],
+    results: Sequence[tuple[int, bytes] | None],
+    with_timestamps: bool,
+    now_us: int | None,
+) -> OnlineResponse:
+    """Decode the store's replies into columns, enforcing each view's ttl against ``now``."""
+    now = time.time_ns() // 1000 if now_us is None else now_us
+    n = len(entity_rows)
+    values: dict[str, list[Any]] = {}
+    statuses: dict[str, list[str]] = {}
+    stamps: dict[str, list[int | None]] | None = {} if with_timestamps else None
+    offset = 0
+    for vp in plan.views:
+        chunk = results[offset : offset + n]
+        offset += n
+        decoded: list[Any] = []
+        status: list[str] = []
+        times: list[int | None] = []
+        decode, ttl = vp.codec.decode, vp.ttl_us
+        for hit in chunk:
+            if hit is None:
+                decoded.append(None)
+                status.append(NOT_FOUND)
+                times.append(None)
+                continue
+            event_ts, payload = hit
+            times.append(event_ts)
+            if ttl and event_ts <= now - ttl:
+                decoded.append(None)
+                status.append(EXPIRED)
+            else:
+                decoded.append(decode(payload))
+                status.append(PRESENT)
+        for pick, column in zip(vp.picks, vp.columns):
+            values[column] = [None if d is None else d[pick] for d in decoded]
+            statuses[column] = status
+            if stamps is not None:
+                stamps[column] = times
+    ordered = {c: values[c] for c in plan.columns}
+    return OnlineResponse(entity_rows, plan.join_keys, ordered, statuses, stamps)
 
 
 def _keys(vp: _ViewPlan, rows: Sequence[Mapping[str, Any]]) -> list[bytes]:

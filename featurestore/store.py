@@ -149,13 +149,11 @@ class FeatureStore:
         full_names: bool = False,
         with_timestamps: bool = False,
     ) -> "OnlineResponse":
-        """``get_online_features`` for asyncio code: the store call runs in a worker thread so
-        the event loop is never blocked on I/O."""
-        import asyncio
-
-        return await asyncio.to_thread(
-            self.get_online_features, features, entity_rows,
-            full_names=full_names, with_timestamps=with_timestamps,
+        """``get_online_features`` for asyncio code. On Redis the read goes out on a pipelined
+        asyncio connection, so the event loop serves other requests while it is on its way;
+        in-process stores answer directly (faster than a hop to a worker thread)."""
+        return await self.online_reader.get_online_features_async(
+            features, entity_rows, full_names=full_names, with_timestamps=with_timestamps
         )
 
     def feature_freshness(self, views: list[str] | None = None) -> dict[str, float | None]:

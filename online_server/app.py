@@ -107,7 +107,7 @@ class _FastPath:
             chunks.append(message.get("body", b""))
             if not message.get("more_body"):
                 break
-        response = self.handler(b"".join(chunks))
+        response = await self.handler(b"".join(chunks))
         await response(scope, receive, send)
 
 
@@ -187,12 +187,12 @@ def create_app(store: FeatureStore) -> FastAPI:
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return validation_response(exc.errors())
 
-    def features_response(raw: bytes) -> JSONResponse:
+    async def features_response(raw: bytes) -> JSONResponse:
         """The whole of POST /features, from the raw body to the response (errors included)."""
         try:
             body = FeaturesRequest.model_validate_json(raw)
             wanted = body.feature_service if body.feature_service is not None else body.features
-            response = store.get_online_features(
+            response = await store.get_online_features_async(
                 wanted,  # type: ignore[arg-type]
                 body.entity_rows,
                 full_names=body.full_names,
@@ -235,7 +235,7 @@ def create_app(store: FeatureStore) -> FastAPI:
     )
     async def features(request: Request) -> Any:
         """The latest value of each feature for each entity row, with a status per value."""
-        return features_response(await request.body())
+        return await features_response(await request.body())
 
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}}, tags=["operations"])
     def health() -> Any:

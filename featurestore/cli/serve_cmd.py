@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import inspect
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
@@ -17,8 +19,6 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import os
-
-    import uvicorn
 
     from featurestore.store import FeatureStore
 
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     store.close()
     os.environ["FEATURESTORE_REPO"] = str(store.repo_path)
     print(f"Serving project {store.project} on http://{host}:{port} ({workers} worker(s)); API docs at /docs")
-    uvicorn.run(
+    return serve(
         "online_server.app:app_from_environment",
         factory=True,
         host=host,
@@ -50,4 +50,31 @@ def run(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         access_log=False,
     )
-    return 0
+
+
+def serve(app: str, **options: Any) -> int:
+    """``uvicorn.run`` with TCP_NODELAY on the listening socket (see ``uvicorn_nodelay``)."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    config = nodelay_config(app, **options)
+    server = uvicorn.Server(config=config)
+    try:
+        if config.workers > 1:
+            sock = config.bind_socket()
+            # uvicorn >= 0.36 builds each worker's server itself; older releases take a target.
+            takes_target = "target" in inspect.signature(Multiprocess).parameters
+            extra = {"target": server.run} if takes_target else {}
+            Multiprocess(config, sockets=[sock], **extra).run()
+            return 0
+        server.run()
+    except KeyboardInterrupt:
+        return 0
+    return 0 if server.started else 1
+
+
+def nodelay_config(app: str, **options: Any) -> Any:
+    """The ``uvicorn.Config`` that ``serve`` runs."""
+    from featurestore.cli.uvicorn_nodelay import NoDelayConfig
+
+    return NoDelayConfig(app, **options)

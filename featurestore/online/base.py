@@ -85,6 +85,13 @@ class OnlineStore(ABC):
         """``(event_ts_us, payload)`` or None for each ``(view, entity_key)``, in one round trip."""
         self._unimplemented("read_latest")
 
+    async def read_latest_async(self, view_keys: Sequence[tuple[str, bytes]]) -> list[tuple[int, bytes] | None]:
+        """``read_latest`` for asyncio code (the online server). The default calls
+        ``read_latest`` directly: an in-process store answers in microseconds, less than a hop
+        to a worker thread costs. A store reached over the network overrides this so the event
+        loop serves other requests while the reply is on its way."""
+        return self.read_latest(view_keys)
+
     def newest_event_ts(self, views: Sequence[str]) -> dict[str, int | None]:
         """The newest event time written to each view, None for a view never written."""
         self._unimplemented("newest_event_ts")

@@ -20,6 +20,7 @@ script touches keys of many slots.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import struct
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,6 +34,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from featurestore.online import redis_async
 from featurestore.online.base import (
     OnlineStore,
     Row,
@@ -156,6 +158,9 @@ class RedisOnlineStore(OnlineStore):
             ) from None
         self._prefix = f"{project}:".encode()
         self._view_prefixes: dict[str, bytes] = {}
+        # The async read path (the online server) has its own pipelined connection; TLS URLs
+        # use the blocking client in a worker thread instead (see redis_async).
+        self._async = redis_async.AsyncRedisReader(url) if redis_async.supports_url(url) else None
 
     @classmethod
     def from_config(cls, config: OnlineStoreConfig, project: str, root: Path) -> RedisOnlineStore:
@@ -195,14 +200,18 @@ class RedisOnlineStore(OnlineStore):
         except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError) as exc:
             raise self._unavailable(what, exc, self._hint()) from exc
         except redis.ResponseError as exc:
-            if str(exc).startswith(_UNAVAILABLE_REPLIES):
-                raise self._unavailable(what, exc, self._hint()) from exc
-            raise FeatureStoreError(
-                f"the redis online store at {self.address} refused {what}: {exc}",
-                hint="a key of this project may have been written by something else",
-            ) from exc
+            raise self._refused(what, exc) from exc
         except redis.RedisError as exc:
             raise self._unavailable(what, exc, self._hint()) from exc
+
+    def _refused(self, what: str, exc: Exception) -> FeatureStoreError:
+        """An error reply: "cannot serve right now" is unavailability, anything else a refusal."""
+        if str(exc).startswith(_UNAVAILABLE_REPLIES):
+            return self._unavailable(what, exc, self._hint())
+        return FeatureStoreError(
+            f"the redis online store at {self.address} refused {what}: {exc}",
+            hint="a key of this project may have been written by something else",
+        )
 
     def _hint(self) -> str:
         return f"start Redis at {self.address} or set online_store.url in featurestore.yaml"
@@ -268,6 +277,32 @@ class RedisOnlineStore(OnlineStore):
             keys = [self._view_prefix(view) + key for view, key in view_keys]
         with self._guard("reading"):
             values = self._client.execute_command("MGET", *keys)
+        unpack_from = _TS.unpack_from
+        return [None if v is None else (unpack_from(v)[0], v[HEADER_SIZE:]) for v in values]
+
+    async def read_latest_async(self, view_keys: Sequence[tuple[str, bytes]]) -> list[tuple[int, bytes] | None]:
+        self._check_open()
+        if not view_keys:
+            return []
+        if self._async is None:
+            return await asyncio.to_thread(self.read_latest, view_keys)
+        prefixes = self._view_prefixes
+        try:
+            keys = [prefixes[view] + key for view, key in view_keys]
+        except KeyError:
+            keys = [self._view_prefix(view) + key for view, key in view_keys]
+        values: list[bytes | None] = []
+        for attempt in (1, 2):
+            try:
+                values = await self._async.execute(b"MGET", *keys)
+                break
+            except (ConnectionError, TimeoutError, OSError) as exc:
+                # A dropped connection is re-opened once (the read is idempotent); a store that
+                # stays down fails fast, like the blocking client's two short retries.
+                if attempt == 2:
+                    raise self._unavailable("reading", exc, self._hint()) from exc
+            except redis_async.RespError as exc:
+                raise self._refused("reading", exc) from exc
         unpack_from = _TS.unpack_from
         return [None if v is None else (unpack_from(v)[0], v[HEADER_SIZE:]) for v in values]
 
@@ -346,6 +381,8 @@ class RedisOnlineStore(OnlineStore):
     def close(self) -> None:
         if not self._closed:
             self._client.close()
+            if self._async is not None:
+                self._async.close()
         super().close()
 
 

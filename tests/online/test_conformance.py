@@ -6,6 +6,7 @@ processes) follow the shared ones and say which backend they are about.
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import time
 from pathlib import Path
@@ -93,6 +94,25 @@ def test_one_read_mixes_views_and_keeps_order(store: OnlineStore) -> None:
         [("items", b"1"), ("users", b"2"), ("users", b"1"), ("items", b"2"), ("users", b"2")]
     )
     assert got == [(30, b"i1"), (20, b"u2"), (10, b"u1"), None, (20, b"u2")]
+
+
+def test_async_read_equals_the_blocking_read(store: OnlineStore) -> None:
+    """The server's read path: same answers, same order, also for many concurrent reads."""
+    store.write_latest("users", [row(b"%d" % i, i + 1, 0, b"u\r\n%d" % i) for i in range(50)])
+    store.write_latest("items", [row(b"1", 30, 0, b"i1")])
+    keys = [("items", b"1"), ("users", b"7"), ("users", b"nope"), ("items", b"2"), ("users", b"7")]
+
+    async def reads() -> list:
+        single = await store.read_latest_async(keys)
+        many = await asyncio.gather(*(store.read_latest_async([("users", b"%d" % i)]) for i in range(50)))
+        return [single, many, await store.read_latest_async([])]
+
+    single, many, empty = asyncio.run(reads())
+    assert single == store.read_latest(keys) == [(30, b"i1"), (8, b"u\r\n7"), None, None, (8, b"u\r\n7")]
+    assert many == [[(i + 1, b"u\r\n%d" % i)] for i in range(50)]
+    assert empty == []
+    # A second event loop (a new worker, a new test) gets answers too.
+    assert asyncio.run(store.read_latest_async(keys[:2])) == single[:2]
 
 
 def test_views_are_separate_key_spaces(store: OnlineStore) -> None:
@@ -192,6 +212,8 @@ def test_closed_store_raises_unavailable(store: OnlineStore) -> None:
         store.read_latest([("users", b"1")])
     with pytest.raises(StoreUnavailableError, match="closed"):
         store.ping()
+    with pytest.raises(StoreUnavailableError, match="closed"):
+        asyncio.run(store.read_latest_async([("users", b"1")]))
 
 
 def test_ping_and_capabilities(store: OnlineStore, backend: str) -> None:
@@ -247,6 +269,7 @@ def test_redis_at_a_closed_port_is_unavailable() -> None:
         lambda: store.read_latest([("users", b"1")]),
         lambda: store.write_latest("users", [row(b"1", 1)]),
         lambda: store.get_blobs("ns", [b"k"]),
+        lambda: asyncio.run(store.read_latest_async([("users", b"1")])),
     ):
         with pytest.raises(StoreUnavailableError) as info:
             call()

@@ -11,9 +11,14 @@ from online_server import create_app
 from tests.retrieval.conftest import NOW_US, fill, make_repo
 
 
-@pytest.fixture
-def client(tmp_path: Path) -> TestClient:
-    store = make_repo(tmp_path / "repo", {"type": "embedded"})
+@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.integration)])
+def client(request: pytest.FixtureRequest, tmp_path: Path) -> TestClient:
+    """The server on the embedded store and on Redis (its asyncio read path)."""
+    if request.param == "redis":
+        online = {"type": "redis", "url": request.getfixturevalue("redis_url")}
+        store = make_repo(tmp_path / "repo", online, request.getfixturevalue("unique_project"))
+    else:
+        store = make_repo(tmp_path / "repo", {"type": "embedded"})
     fill(store)
     with TestClient(create_app(store)) as c:
         yield c

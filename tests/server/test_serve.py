@@ -1,0 +1,89 @@
+"""`featurestore serve` as users run it: a real uvicorn process with several workers."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from featurestore.cli.serve_cmd import nodelay_config
+from tests.retrieval.conftest import fill, make_repo
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_listening_socket_has_tcp_nodelay() -> None:
+    """Accepted connections inherit it; without it a multi-worker server stalls 40 ms per
+    response (Nagle against the client's delayed ACK), see serve_cmd.serve."""
+    config = nodelay_config("online_server.app:app_from_environment", factory=True,
+                            host="127.0.0.1", port=0, workers=2)
+    sock = config.bind_socket()
+    try:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        sock.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.integration
+def test_two_workers_serve_features_from_redis(tmp_path: Path, redis_url: str, unique_project: str) -> None:
+    store = make_repo(tmp_path / "repo", {"type": "redis", "url": redis_url}, unique_project)
+    fill(store)
+    store.close()
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), FEATURESTORE__ONLINE_STORE__TYPE="redis",
+               FEATURESTORE__ONLINE_STORE__URL=redis_url)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "featurestore.cli.main", "-r", str(tmp_path / "repo"), "serve",
+         "--port", str(port), "--workers", "2"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        conn = _connect(port, server)
+        body = json.dumps({"features": ["user_stats:clicks"], "entity_rows": [{"user_id": 1}, {"user_id": 3}]})
+        for _ in range(20):  # one keep-alive connection, many requests
+            conn.request("POST", "/features", body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            payload = json.loads(response.read())
+            assert response.status == 200, payload
+            assert payload["features"]["clicks"] == {"values": [5, None], "statuses": ["present", "not_found"]}
+        conn.request("GET", "/health")
+        health = conn.getresponse()
+        assert health.status == 200 and json.loads(health.read())["checks"]["online_store"] == "ok"
+        conn.close()
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
+            pytest.fail("the server did not stop on SIGINT")
+
+
+def _connect(port: int, server: subprocess.Popen[str]) -> http.client.HTTPConnection:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"serve exited with {server.returncode}: {server.stdout.read() if server.stdout else ''}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/health")
+            conn.getresponse().read()
+            return conn
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail("serve did not answer within 30 s")

@@ -87,3 +87,20 @@ def _connect(port: int, server: subprocess.Popen[str]) -> http.client.HTTPConnec
         except OSError:
             time.sleep(0.2)
     pytest.fail("serve did not answer within 30 s")
+
+
+def test_workers_freeze_their_start_up_objects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full collection over the start-up objects stalled requests for 70 ms (see app.py)."""
+    import gc
+
+    from online_server.app import app_from_environment
+
+    make_repo(tmp_path / "repo", {"type": "embedded"}).close()
+    monkeypatch.setenv("FEATURESTORE_REPO", str(tmp_path / "repo"))
+    before = gc.get_freeze_count()
+    try:
+        app = app_from_environment()
+        assert gc.get_freeze_count() > max(before, 50_000)
+        app.state.store.close()
+    finally:
+        gc.unfreeze()

@@ -8,16 +8,17 @@ from __future__ import annotations
 import getpass
 import os
 import subprocess
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from featurestore.config import RepoConfig, load_config
 from featurestore.registry_cache import RegistryCache
 from registry.definitions import Definitions
+from registry.model_versions import ModelVersions
 from registry.plan import Plan
 from registry.runs import MaterializationLog
-from registry.model_versions import ModelVersions
 from registry.spec import EntitySpec, FeatureServiceSpec, FeatureViewSpec
 from registry.sql_registry import SqlRegistry, VersionInfo
 from registry.validate import load_definitions
@@ -126,7 +127,7 @@ class FeatureStore:
     def get_online_features(
         self,
         features: list[str] | str,
-        entity_rows: list[Mapping[str, Any]],
+        entity_rows: Sequence[Mapping[str, Any]],
         *,
         full_names: bool = False,
         with_timestamps: bool = False,
@@ -144,7 +145,7 @@ class FeatureStore:
     async def get_online_features_async(
         self,
         features: list[str] | str,
-        entity_rows: list[Mapping[str, Any]],
+        entity_rows: Sequence[Mapping[str, Any]],
         *,
         full_names: bool = False,
         with_timestamps: bool = False,

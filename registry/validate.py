@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from registry.aggregations import check_aggregations
 from registry.definitions import Definitions
 from registry.errors import DefinitionError, DefinitionIssue, NotFoundError
 from registry.loader import LocatedDocument, load_yaml
@@ -248,6 +249,20 @@ def _reference_issues(
                     f"feature_views.{name}.features.{feature.name}",
                     "a feature cannot share its name with a join key of the view's entities",
                 )
+        if any(f.aggregation is not None for f in view.features):
+            source = defs.sources.get(view.source)
+            reserved = set(keys)
+            if source is not None:
+                reserved |= {source.timestamp_field, source.created_timestamp_field}
+            for problem in check_aggregations(view, reserved).problems:
+                if problem.feature_index is None:
+                    report("feature_view", name, ("features",), f"feature_views.{name}.features", problem.message)
+                else:
+                    feature = view.features[problem.feature_index]
+                    report(
+                        "feature_view", name, ("features", problem.feature_index, "aggregation"),
+                        f"feature_views.{name}.features.{feature.name}.aggregation", problem.message,
+                    )
     for name, service in defs.feature_services.items():
         check_refs("feature_service", name, "features", service.features)
     for name, job in defs.feature_jobs.items():

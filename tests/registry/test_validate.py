@@ -113,3 +113,60 @@ def test_definitions_split_over_files_and_hidden_dirs_ignored(tmp_path: Path) ->
     (hidden / "junk.yaml").write_text("not: [valid")
     defs = load_definitions(tmp_path, ["features"])
     assert set(defs.entities) == {"user"} and set(defs.feature_views) == {"user_stats"}
+
+
+AGGREGATION_MISTAKES = """\
+entities:
+  - name: user
+    join_keys: [{name: user_id, dtype: int64}]
+sources:
+  - {name: clicks, type: parquet, path: data/c.parquet, timestamp_field: ts}
+feature_views:
+  - name: user_clicks
+    entities: [user]
+    source: clicks
+    features:
+      - name: n_1h
+        dtype: float32
+        aggregation: {function: count, window: 1h}
+      - name: spend
+        dtype: float64
+        aggregation: {function: sum, column: ts, window: 90m, slide: 1h}
+      - name: plain
+        dtype: float64
+      - name: avg_label
+        dtype: float64
+        aggregation: {function: mean, column: label, window: 2h, slide: 30m}
+      - name: last_label
+        dtype: string
+        aggregation: {function: last, column: label, window: 1h}
+"""
+
+
+def test_aggregation_rules_are_checked_by_validate_with_file_and_line(tmp_path: Path) -> None:
+    """The same rules the jobs apply (registry/aggregations.py), reported before any job runs."""
+    write_repo(tmp_path, {"x.yaml": AGGREGATION_MISTAKES})
+    issues = issues_of(tmp_path)
+    expected = [
+        ("features/x.yaml:10: feature_views.user_clicks.features:", "plain have no aggregation"),
+        ("features/x.yaml:10: feature_views.user_clicks.features:", "slide by different steps"),
+        ("features/x.yaml:13: feature_views.user_clicks.features.n_1h.aggregation:", "not float32"),
+        ("features/x.yaml:16: feature_views.user_clicks.features.spend.aggregation:", "not a multiple of the slide"),
+        ("features/x.yaml:16: feature_views.user_clicks.features.spend.aggregation:", "'ts' is a join key or timestamp"),
+        ("features/x.yaml:21: feature_views.user_clicks.features.avg_label.aggregation:", "mean needs a numeric column; 'label' is string"),
+    ]
+    assert len(issues) == len(expected), issues
+    for prefix, text in expected:
+        assert any(i.startswith(prefix) and text in i for i in issues), (prefix, text, issues)
+
+
+def test_a_valid_aggregated_view_passes_validate(tmp_path: Path) -> None:
+    fixed = (
+        AGGREGATION_MISTAKES.replace("dtype: float32\n", "dtype: int64\n")
+        .replace("column: ts, window: 90m", "column: amount, window: 2h")
+        .replace("      - name: plain\n        dtype: float64\n", "")
+        .replace("column: label, window: 2h, slide: 30m", "column: amount, window: 2h, slide: 1h")
+    )
+    write_repo(tmp_path, {"x.yaml": fixed})
+    defs = load_definitions(tmp_path, ["features"])
+    assert [f.name for f in defs.feature_views["user_clicks"].features] == ["n_1h", "spend", "avg_label", "last_label"]

@@ -13,6 +13,8 @@ writes them online and offline.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,10 +28,14 @@ if TYPE_CHECKING:
     from featurestore.store import FeatureStore
     from featurestore.streams.base import StreamWriter
 
-__all__ = ["EventError", "PushResult", "Pusher"]
+__all__ = ["EventError", "PushIdReusedError", "PushResult", "Pusher"]
 
 #: Rows one push may carry (a request body of a few MB at most).
 MAX_ROWS = 10_000
+#: How long a push_id is remembered: retries come within seconds or minutes; a day is ample.
+PUSH_ID_TTL_SECONDS = 86_400
+PUSH_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+PUSH_ID_HELP = "a push_id is 1-128 letters, digits, '_', '.', ':' or '-' (a UUID works)"
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,9 @@ class PushResult:
     pushed: int
     first_id: str | None
     last_id: str | None
+    #: The push carried a ``push_id`` already used: nothing was appended this time, and the
+    #: figures are those of the first push.
+    duplicate: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -47,7 +56,14 @@ class PushResult:
             "pushed": self.pushed,
             "first_id": self.first_id,
             "last_id": self.last_id,
+            "duplicate": self.duplicate,
         }
+
+
+class PushIdReusedError(UserError):
+    """A ``push_id`` came back with other events than the first time."""
+
+    http_status = 409
 
 
 class Pusher:
@@ -71,8 +87,13 @@ class Pusher:
             )
         return EventSchema.of(definitions, view), spec.stream_source
 
-    def push(self, view: str, rows: Sequence[Mapping[str, Any]]) -> PushResult:
-        """Check every row, then append them all to the view's stream."""
+    def push(self, view: str, rows: Sequence[Mapping[str, Any]], push_id: str | None = None) -> PushResult:
+        """Check every row, then append them all to the view's stream.
+
+        With ``push_id`` the push is idempotent for ``PUSH_ID_TTL_SECONDS``: the same id again
+        appends nothing and returns the first push's result with ``duplicate=True``, so a client
+        may retry after a timeout without counting events twice in an aggregation.
+        """
         if isinstance(rows, Mapping) or not isinstance(rows, Sequence):
             raise EventError(
                 f"push takes a list of rows for feature view {view!r}, got {type(rows).__name__}",
@@ -83,12 +104,26 @@ class Pusher:
                 f"{len(rows)} rows in one push; at most {MAX_ROWS}",
                 hint="split the rows over several pushes",
             )
+        if push_id is not None and not PUSH_ID_RE.match(push_id):
+            raise UserError(f"bad push_id {push_id!r}", hint=PUSH_ID_HELP)
         schema, source = self.schema(view)
         payloads = encode_events(rows, schema)
         if not payloads:
             return PushResult(view, 0, None, None)
-        ids = self._writer(source).append(payloads)
-        return PushResult(view, len(ids), _text(ids[0]), _text(ids[-1]))
+        writer = self._writer(source)
+        if push_id is None:
+            ids = writer.append(payloads)
+            return PushResult(view, len(ids), _text(ids[0]), _text(ids[-1]))
+        digest = hashlib.sha256(b"\n".join(payloads)).hexdigest()[:32]
+        marker = f"{self.store.project}:__push__:{view}:{push_id}"
+        once = writer.append_once(payloads, marker, digest, PUSH_ID_TTL_SECONDS)
+        if once.digest != digest:
+            raise PushIdReusedError(
+                f"push_id {push_id!r} was used for other events of view {view!r} "
+                f"({once.count} events, entries {once.first_id}..{once.last_id})",
+                hint="give every distinct push its own push_id; retry a push with exactly the same rows",
+            )
+        return PushResult(view, once.count, once.first_id, once.last_id, duplicate=once.duplicate)
 
     def _writer(self, source: Any) -> StreamWriter:
         from featurestore.streams.base import open_stream_writer

@@ -301,14 +301,15 @@ class FeatureStore:
 
         return Pusher(self)
 
-    def push(self, view: str, rows: "Sequence[Mapping[str, Any]]") -> "PushResult":
+    def push(self, view: str, rows: "Sequence[Mapping[str, Any]]", push_id: str | None = None) -> "PushResult":
         """Check events against ``view`` and append them to its stream, all or none; the stream
-        job (``featurestore stream``) writes them online and offline.
+        job (``featurestore stream``) writes them online and offline. With ``push_id`` a retried
+        push appends nothing and returns the first result with ``duplicate=True``.
 
         >>> store.push("user_clicks", [{"user_id": 7, "ts": "2026-11-22T10:00:00Z", "clicks": 1}]).pushed  # doctest: +SKIP
         1
         """
-        return self.pusher.push(view, rows)
+        return self.pusher.push(view, rows, push_id)
 
     if TYPE_CHECKING:  # names for the annotations of this section (imported lazily at run time)
         from collections.abc import Sequence

@@ -42,6 +42,12 @@ class PushRequest(_Body):
         description="Events: one object per event with the view's join keys, timestamp and "
         "columns (docs/streaming.md).",
     )
+    push_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.:\-]{1,128}$",
+        description="Makes the push idempotent for a day: the same push_id again appends nothing "
+        "and answers with the first push's result and `duplicate: true`. Use a UUID per push.",
+    )
 
 
 class PushResponse(_Body):
@@ -49,6 +55,7 @@ class PushResponse(_Body):
     pushed: int = Field(description="Events appended to the stream.")
     first_id: str | None = Field(description="Stream entry id of the first event.")
     last_id: str | None = Field(description="Stream entry id of the last event.")
+    duplicate: bool = Field(False, description="True when the push_id was already used: nothing was appended.")
 
 
 def stream_stats(store: Any) -> dict[str, dict[str, Any]]:
@@ -92,7 +99,7 @@ def register(app: FastAPI, store: Any, server_metrics: Any) -> None:
 
         body = await parse_body(request, PushRequest)
         try:
-            result = store.pusher.push(body.view, body.rows)
+            result = store.pusher.push(body.view, body.rows, body.push_id)
         except EventError as exc:
             return _error(
                 422,
@@ -101,7 +108,8 @@ def register(app: FastAPI, store: Any, server_metrics: Any) -> None:
                 exc.hint,
                 fields=[{"field": exc.field, "message": exc.message}],
             )
-        pushed.inc(body.view, amount=result.pushed)
+        if not result.duplicate:
+            pushed.inc(body.view, amount=result.pushed)
         return JSONResponse(result.to_dict())
 
 

@@ -88,12 +88,30 @@ class StreamReader(ABC):
         return self.kind
 
 
+@dataclass(frozen=True)
+class OnceResult:
+    """What ``append_once`` did: the first and last entry ids and the count of the events the
+    marker stands for; ``duplicate`` when they were appended by an earlier call."""
+
+    first_id: str
+    last_id: str
+    count: int
+    digest: str
+    duplicate: bool
+
+
 class StreamWriter(ABC):
     """Appends encoded events to one stream (``FeatureStore.push``)."""
 
     @abstractmethod
     def append(self, payloads: Sequence[bytes]) -> list[bytes]:
         """Append one entry per payload (the ``data`` field), in order; returns their ids."""
+
+    def append_once(self, payloads: Sequence[bytes], marker: str, digest: str, ttl_seconds: int) -> OnceResult:
+        """Append the payloads and record ``marker`` atomically, unless ``marker`` is already
+        recorded (a retried push): then append nothing and return what the first call appended.
+        ``digest`` identifies the payloads, so a marker reused for other events is detected."""
+        raise NotImplementedError(f"{type(self).__name__} cannot append idempotently")
 
     def close(self) -> None:
         """Release connections. Idempotent."""

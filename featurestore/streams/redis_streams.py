@@ -25,7 +25,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from featurestore.online.redis_store import redact
-from featurestore.streams.base import StreamRead, StreamReader, StreamWriter
+from featurestore.streams.base import OnceResult, StreamRead, StreamReader, StreamWriter
 from featurestore.streams.encoding import DATA_FIELD, decode_events, decode_payloads
 from featurestore.streams.schema import EventSchema
 from registry.errors import ConfigError, FeatureStoreError, StoreUnavailableError
@@ -261,8 +261,35 @@ class RedisStreamWriter(StreamWriter):
                 ids += pipe.execute()
         return ids
 
+    def append_once(self, payloads: Sequence[bytes], marker: str, digest: str, ttl_seconds: int) -> OnceResult:
+        # One script: the entries and the marker appear together or not at all (Redis runs a
+        # script without interleaving), so a push retried after a lost reply appends nothing.
+        with guard(self.url, self.stream, "appending events"):
+            reply = self.client.eval(
+                _APPEND_ONCE_LUA, 2, marker, self.stream, ttl_seconds * 1000, digest, DATA_FIELD, *payloads
+            )
+        appended, summary = int(reply[0]), _text(reply[1])
+        first_id, last_id, count, stored_digest = summary.split(" ")
+        return OnceResult(first_id, last_id, int(count), stored_digest, duplicate=not appended)
+
     def close(self) -> None:
         self.client.close()
+
+
+# KEYS: marker, stream. ARGV: ttl ms, digest, data field name, payloads...
+# The marker holds "first_id last_id count digest".
+_APPEND_ONCE_LUA = """
+local done = redis.call('GET', KEYS[1])
+if done then return {0, done} end
+local first, last
+for i = 4, #ARGV do
+  last = redis.call('XADD', KEYS[2], '*', ARGV[3], ARGV[i])
+  if not first then first = last end
+end
+local summary = first .. ' ' .. last .. ' ' .. (#ARGV - 3) .. ' ' .. ARGV[2]
+redis.call('SET', KEYS[1], summary, 'PX', ARGV[1])
+return {1, summary}
+"""
 
 
 def _text(value: Any) -> str:

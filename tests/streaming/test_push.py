@@ -11,7 +11,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from featurestore import FeatureStore, NotFoundError, UserError
-from featurestore.push import EventError
+from featurestore.push import EventError, PushIdReusedError
 from tests.streaming.helpers import make_repo, streams_of
 
 pytestmark = pytest.mark.integration
@@ -70,6 +70,44 @@ def test_sdk_push_appends_checked_events(store: FeatureStore) -> None:
         {"user_id": 1, "ts": "2026-11-22T10:00:00.000000Z", "clicks": 2},
         {"user_id": 2, "ts": "2026-11-22T10:00:01.000000Z"},
     ]
+
+
+def test_a_push_id_makes_a_retried_push_append_nothing(store: FeatureStore) -> None:
+    rows = [{"user_id": 1, "ts": "2026-11-22T10:00:00Z", "clicks": 2}, {"user_id": 2, "ts": "2026-11-22T10:00:01Z"}]
+    first = store.push("user_last", rows, push_id="batch-7")
+    again = store.push("user_last", rows, push_id="batch-7")
+    other = store.push("user_last", rows[:1], push_id="batch-8")
+    assert not first.duplicate and first.pushed == 2 and first.first_id < first.last_id
+    assert again.duplicate and (again.pushed, again.first_id, again.last_id) == (2, first.first_id, first.last_id)
+    assert not other.duplicate and other.pushed == 1
+    assert len(entries(store, streams_of(store.repo_path)[0])) == 3
+    # The same id for other events is refused: appending would lose one of the two pushes.
+    with pytest.raises(PushIdReusedError, match="batch-7") as info:
+        store.push("user_last", rows[1:], push_id="batch-7")
+    assert info.value.http_status == 409
+    with pytest.raises(UserError, match="bad push_id"):
+        store.push("user_last", rows, push_id="has space")
+    assert len(entries(store, streams_of(store.repo_path)[0])) == 3
+    # The marker lives next to the stream, under the project prefix, and expires after a day.
+    client = redis.Redis.from_url(store.config.online_store.url)
+    try:
+        ttl = client.ttl(f"{store.project}:__push__:user_last:batch-7")
+        assert 86_000 < ttl <= 86_400
+    finally:
+        client.close()
+
+
+def test_http_push_id(client: TestClient, store: FeatureStore) -> None:
+    body = {"view": "user_last", "push_id": "3f2c9a", "rows": [{"user_id": 3, "ts": "2026-11-22T10:00:00Z"}]}
+    first, again = client.post("/push", json=body), client.post("/push", json=body)
+    assert first.status_code == again.status_code == 200, again.text
+    assert first.json()["duplicate"] is False and again.json() == {**first.json(), "duplicate": True}
+    conflict = client.post("/push", json={**body, "rows": [{"user_id": 4, "ts": "2026-11-22T10:00:00Z"}]})
+    assert conflict.status_code == 409 and "3f2c9a" in conflict.json()["error"]["message"]
+    bad = client.post("/push", json={**body, "push_id": "no spaces"})
+    assert bad.status_code == 422 and bad.json()["error"]["fields"][0]["field"] == "push_id"
+    assert len(entries(store, streams_of(store.repo_path)[0])) == 1
+    assert 'featurestore_pushed_events_total{feature_view="user_last"} 1' in client.get("/metrics").text
 
 
 def test_sdk_push_refuses_without_appending_anything(store: FeatureStore) -> None:

@@ -62,7 +62,7 @@ def serve(app: str, **options: Any) -> int:
     try:
         if config.workers > 1:
             sock = config.bind_socket()
-            # uvicorn >= 0.36 builds each worker's server itself; older releases take a target.
+            # Newer uvicorn releases build each worker's server themselves; older ones take a target.
             takes_target = "target" in inspect.signature(Multiprocess).parameters
             extra = {"target": server.run} if takes_target else {}
             Multiprocess(config, sockets=[sock], **extra).run()

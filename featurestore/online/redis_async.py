@@ -15,8 +15,12 @@ a FIFO of futures for the replies:
   connection is stuck: it is closed and its commands fail with ``TimeoutError``. Reads are
   idempotent, so callers may retry once on a fresh connection.
 
-It speaks RESP2 over TCP or a Unix socket, with AUTH and SELECT from the URL. TLS (``rediss://``)
-is not handled here: the store falls back to its blocking client in a worker thread.
+It speaks RESP2 over TCP or a Unix socket, with AUTH and SELECT from the URL, read by redis-py's
+own URL parser (so ``?db=`` and ``?password=`` mean what they mean to the blocking client). TLS
+(``rediss://``) is not handled here: the store falls back to its blocking client in a worker
+thread. Replies are parsed incrementally (``ReplyParser``): a large reply arriving in many reads
+costs one pass. Each event loop using a reader gets its own connection, closed when that loop
+shuts down its async generators (``asyncio.run``, uvicorn and anyio do) or by ``close()``.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+import weakref
 from collections.abc import AsyncGenerator
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
-__all__ = ["AsyncRedisReader", "RespError", "encode_command", "parse_reply", "supports_url"]
+__all__ = ["AsyncRedisReader", "ReplyParser", "RespError", "encode_command", "supports_url"]
 
 
 class RespError(Exception):
@@ -52,44 +57,76 @@ def encode_command(*args: bytes | str | int) -> bytes:
     return b"".join(out)
 
 
-_INCOMPLETE = object()
+class ReplyParser:
+    """RESP2 replies from a byte stream, resumable: bytes are fed as they arrive and each
+    complete element is consumed once, so a large reply arriving in many reads costs one pass
+    (re-parsing it from its start on every read would be quadratic and block the loop).
 
+    Bulk strings are bytes (None for nil), integers int, simple strings bytes; an error reply is
+    a ``RespError`` instance (returned, not raised, so it fails only its own command).
 
-def parse_reply(buf: bytes, pos: int) -> tuple[Any, int]:
-    """One RESP2 reply from ``buf`` at ``pos``: ``(value, next_pos)``, or ``(_INCOMPLETE, pos)``
-    when the buffer ends first. Bulk strings are bytes (None for nil), errors are ``RespError``
-    instances (returned, not raised, so one bad reply fails only its own command)."""
-    end = buf.find(b"\r\n", pos)
-    if end < 0:
-        return _INCOMPLETE, pos
-    kind = buf[pos]
-    if kind == 36:  # $ bulk string
-        size = int(buf[pos + 1 : end])
-        if size < 0:
-            return None, end + 2
-        start = end + 2
-        if len(buf) < start + size + 2:
-            return _INCOMPLETE, pos
-        return buf[start : start + size], start + size + 2
-    if kind == 42:  # * array
-        count = int(buf[pos + 1 : end])
-        if count < 0:
-            return None, end + 2
-        items = []
-        cursor = end + 2
-        for _ in range(count):
-            item, cursor = parse_reply(buf, cursor)
-            if item is _INCOMPLETE:
-                return _INCOMPLETE, pos
-            items.append(item)
-        return items, cursor
-    if kind == 43:  # + simple string
-        return buf[pos + 1 : end], end + 2
-    if kind == 58:  # : integer
-        return int(buf[pos + 1 : end]), end + 2
-    if kind == 45:  # - error
-        return RespError(buf[pos + 1 : end].decode(errors="replace")), end + 2
-    raise ConnectionError(f"unexpected reply from Redis starting with {bytes([kind])!r}")
+    >>> parser = ReplyParser()
+    >>> parser.feed(b"*2\\r\\n$1\\r\\na\\r\\n$-1")
+    []
+    >>> parser.feed(b"\\r\\n+OK\\r\\n")
+    [[b'a', None], b'OK']
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        # Arrays being filled, innermost last: [items so far, items still expected].
+        self._stack: list[list[Any]] = []
+
+    def feed(self, data: bytes) -> list[Any]:
+        """Add ``data``; return the top-level replies it completed, in order."""
+        buf = self._buf
+        buf += data
+        stack = self._stack
+        out: list[Any] = []
+        pos = 0
+        while True:
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                break
+            kind = buf[pos]
+            if kind == 36:  # $ bulk string
+                size = int(buf[pos + 1 : end])
+                if size < 0:
+                    value: Any = None
+                    pos = end + 2
+                else:
+                    start = end + 2
+                    if len(buf) < start + size + 2:
+                        break
+                    value = bytes(buf[start : start + size])
+                    pos = start + size + 2
+            elif kind == 42:  # * array
+                count = int(buf[pos + 1 : end])
+                pos = end + 2
+                if count > 0:
+                    stack.append([[], count])
+                    continue
+                value = None if count < 0 else []
+            elif kind == 43:  # + simple string
+                value, pos = bytes(buf[pos + 1 : end]), end + 2
+            elif kind == 58:  # : integer
+                value, pos = int(buf[pos + 1 : end]), end + 2
+            elif kind == 45:  # - error
+                value, pos = RespError(buf[pos + 1 : end].decode(errors="replace")), end + 2
+            else:
+                raise ConnectionError(f"unexpected reply from Redis starting with {bytes([kind])!r}")
+            # Put the element in its array; a completed array is itself an element.
+            while stack:
+                top = stack[-1]
+                top[0].append(value)
+                top[1] -= 1
+                if top[1]:
+                    break
+                value = stack.pop()[0]
+            else:
+                out.append(value)
+        del buf[:pos]  # what is left is at most one incomplete element
+        return out
 
 
 class _Protocol(asyncio.Protocol):
@@ -101,7 +138,7 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.waiters: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self.outgoing: list[bytes] = []
-        self.buffer = b""
+        self.parser = ReplyParser()
         self.error: BaseException | None = None
         self._watchdog: asyncio.TimerHandle | None = None
 
@@ -110,23 +147,19 @@ class _Protocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buffer + data if self.buffer else data
-        pos = 0
-        waiters = self.waiters
         try:
-            while pos < len(buf):
-                value, pos = parse_reply(buf, pos)
-                if value is _INCOMPLETE:
-                    break
-                if not waiters:
-                    raise ConnectionError("Redis sent a reply nobody asked for")
-                future = waiters.popleft()[0]
-                if not future.done():  # a caller that was cancelled is simply skipped
-                    future.set_result(value)
+            replies = self.parser.feed(data)
         except (ConnectionError, ValueError, IndexError) as exc:
             self._fail(ConnectionError(f"bad reply from Redis: {exc}"))
             return
-        self.buffer = buf[pos:]
+        waiters = self.waiters
+        for value in replies:
+            if not waiters:
+                self._fail(ConnectionError("Redis sent a reply nobody asked for"))
+                return
+            future = waiters.popleft()[0]
+            if not future.done():  # a caller that was cancelled is simply skipped
+                future.set_result(value)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(exc if isinstance(exc, Exception) else ConnectionError("Redis closed the connection"))
@@ -177,6 +210,30 @@ class _Protocol(asyncio.Protocol):
         self._fail(ConnectionError("the connection was closed by its owner"))
 
 
+class _LoopConnection:
+    """The connection of one event loop, and what closes it when that loop shuts down."""
+
+    def __init__(self) -> None:
+        self.protocol: _Protocol | None = None
+        self.connecting: asyncio.Task[_Protocol] | None = None
+        self.closer: AsyncGenerator[None, None] | None = None
+
+    def connected(self, task: asyncio.Task[_Protocol]) -> None:
+        """The connect task's done callback (runs before its awaiting callers resume)."""
+        if self.connecting is task:
+            self.connecting = None
+        if not task.cancelled() and task.exception() is None:  # a failure is seen by callers
+            self.protocol = task.result()
+
+    def close(self) -> None:
+        protocol, self.protocol = self.protocol, None
+        if protocol is not None:
+            try:
+                protocol.close()
+            except RuntimeError:  # the loop is already closed: nothing more can be done here
+                pass
+
+
 class AsyncRedisReader:
     """One pipelined connection per event loop to the Redis at ``url``.
 
@@ -188,104 +245,108 @@ class AsyncRedisReader:
     def __init__(self, url: str, connect_timeout: float = 5.0, timeout: float = 30.0) -> None:
         if not supports_url(url):
             raise ValueError(f"AsyncRedisReader handles redis:// and unix:// URLs, not {urlsplit(url).scheme}://")
+        # The blocking client's own parser, so both read the same database with the same
+        # credentials whatever the URL's form (path or ?db=, user-info or ?password=).
+        from redis.connection import parse_url
+
         self.url = url
+        self.params = parse_url(url)
         self.connect_timeout = connect_timeout
         self.timeout = timeout
-        self._protocol: _Protocol | None = None
-        self._connecting: asyncio.Future[_Protocol] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closer: AsyncGenerator[None, None] | None = None
+        # Several loops may use one reader (successive asyncio.run calls, a test client's
+        # portal thread): each has its own connection, dropped with its loop.
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopConnection] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def execute(self, *args: bytes | str | int) -> Any:
-        """Send one command and return its reply; an error reply is raised as ``RespError``."""
-        protocol = self._protocol
-        if protocol is None or protocol.error is not None or self._loop is not asyncio.get_running_loop():
-            protocol = await self._connect()
+        """Send one command and return its reply; an error reply is raised as ``RespError``,
+        a connection that cannot be opened or is lost as ``ConnectionError``/``OSError``, a
+        reply that does not come as ``TimeoutError``."""
+        loop = asyncio.get_running_loop()
+        conn = self._loops.get(loop)
+        protocol = None if conn is None else conn.protocol
+        if protocol is None or protocol.error is not None:
+            protocol = await self._connect(loop)
         reply = await protocol.send(encode_command(*args))
         if isinstance(reply, RespError):
             raise reply
         return reply
 
-    async def _connect(self) -> _Protocol:
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            # A connection belongs to one loop; a new loop (a new test, a new worker) opens its own.
-            self._forget_loop()
-            self._loop = loop
-            self._closer = self._close_with_loop()
-            await self._closer.asend(None)
-        if self._connecting is not None:  # another request is already connecting: share it
-            return await asyncio.shield(self._connecting)
-        self._connecting = loop.create_future()
-        try:
-            protocol = await asyncio.wait_for(self._open(loop), self.connect_timeout)
-        except BaseException as exc:
-            connecting, self._connecting = self._connecting, None
-            if not connecting.done():
-                connecting.set_exception(exc if isinstance(exc, Exception) else ConnectionError("cancelled"))
-                connecting.exception()  # retrieved: nobody else may be waiting
-            raise
-        self._protocol = protocol
-        self._connecting.set_result(protocol)
-        self._connecting = None
-        return protocol
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
+        conn = self._loops.get(loop)
+        if conn is None:
+            conn = self._loops[loop] = _LoopConnection()
+            conn.closer = self._close_with_loop(conn)
+            await conn.closer.asend(None)
+        if conn.connecting is None:
+            # Its own task, so a caller cancelled while connecting does not fail the others,
+            # and the connection is kept even if every caller was cancelled meanwhile.
+            conn.connecting = loop.create_task(self._open(loop))
+            conn.connecting.add_done_callback(conn.connected)
+        return await asyncio.shield(conn.connecting)
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
-        parts = urlsplit(self.url)
-        if parts.scheme == "unix":
-            _, protocol = await loop.create_unix_connection(lambda: _Protocol(loop, self.timeout), unquote(parts.path))
-            db_text = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p).get("db", "0")
-        else:
-            _, protocol = await loop.create_connection(
-                lambda: _Protocol(loop, self.timeout), parts.hostname or "127.0.0.1", parts.port or 6379
-            )
-            db_text = parts.path.lstrip("/") or "0"
-        handshake = []
-        if parts.password is not None:
-            user = unquote(parts.username) if parts.username else None
-            auth = ("AUTH", user, unquote(parts.password)) if user else ("AUTH", unquote(parts.password))
-            handshake.append(protocol.send(encode_command(*auth)))
-        if int(db_text) != 0:
-            handshake.append(protocol.send(encode_command("SELECT", db_text)))
-        for reply in await asyncio.gather(*handshake):
-            if isinstance(reply, RespError):
-                protocol.close()
-                raise reply
+        params = self.params
+
+        def factory() -> _Protocol:
+            return _Protocol(loop, self.timeout)
+
+        try:
+            if "path" in params:
+                opening = loop.create_unix_connection(factory, params["path"])
+            else:
+                opening = loop.create_connection(factory, params.get("host", "127.0.0.1"), params.get("port", 6379))
+            _, protocol = await asyncio.wait_for(opening, self.connect_timeout)
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            raise TimeoutError(f"could not connect to Redis within {self.connect_timeout:g} s") from None
+        try:
+            handshake = []
+            if params.get("password") is not None:
+                user = params.get("username")
+                auth = ("AUTH", user, params["password"]) if user else ("AUTH", params["password"])
+                handshake.append(protocol.send(encode_command(*auth)))
+            if int(params.get("db") or 0) != 0:
+                handshake.append(protocol.send(encode_command("SELECT", int(params["db"]))))
+            for reply in await asyncio.gather(*handshake):
+                if isinstance(reply, RespError):
+                    raise reply
+        except BaseException:
+            protocol.close()  # a refused or unanswered handshake leaves no socket behind
+            raise
         return protocol
 
-    async def _close_with_loop(self) -> AsyncGenerator[None, None]:
-        """Closes the connection when its loop shuts down.
+    async def _close_with_loop(self, conn: _LoopConnection) -> AsyncGenerator[None, None]:
+        """Closes the loop's connection when the loop shuts down.
 
         ``asyncio.run`` (and uvicorn, and anyio's portals) call ``loop.shutdown_asyncgens()``
         before closing the loop, which closes this started, suspended generator and so runs
-        the ``finally`` while the loop can still close the socket. Without it, a connection
-        would outlive its loop and be left to the garbage collector.
+        the ``finally`` while the loop can still close the socket. A loop closed without that
+        leaves its socket to the garbage collector.
         """
         try:
             yield
         finally:
-            self._close_protocol()
-
-    def _forget_loop(self) -> None:
-        closer, self._closer = self._closer, None
-        if closer is not None:
-            # The old loop is gone without shutting down its generators: run the finally by
-            # hand (it never awaits), so no finalizer is left for a closed loop.
-            try:
-                closer.aclose().send(None)
-            except (StopIteration, RuntimeError):
-                pass
-        self._close_protocol()
-        self._protocol, self._connecting, self._loop = None, None, None
-
-    def _close_protocol(self) -> None:
-        protocol, self._protocol = self._protocol, None
-        if protocol is not None:
-            try:
-                protocol.close()
-            except RuntimeError:  # the loop is already closed: nothing more can be done here
-                pass
+            conn.close()
 
     def close(self) -> None:
-        """Close the connection (from the loop's thread or after the loop has stopped)."""
-        self._close_protocol()
+        """Close every loop's connection (from any thread, before or after the loops end)."""
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, conn in list(self._loops.items()):
+            if loop.is_running() and loop is not current:
+                loop.call_soon_threadsafe(conn.close)  # only its own thread may touch it
+                continue
+            closer, conn.closer = conn.closer, None
+            if closer is not None:
+                # Finish the generator by hand (its finally never awaits), so no finalizer is
+                # left for a loop that may be closed.
+                try:
+                    closer.aclose().send(None)
+                except (StopIteration, RuntimeError):
+                    pass
+            conn.close()
+        self._loops.clear()
+

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -109,16 +110,17 @@ return written
 WRITE_LATEST_SHA = hashlib.sha1(WRITE_LATEST_LUA.encode()).hexdigest()
 
 # Replies that mean "the server cannot serve right now", not "this request is wrong".
+# Replies to a connection whose credentials are wrong or missing: a configuration problem.
+_CREDENTIAL_REPLIES = ("NOAUTH", "WRONGPASS", "NOPERM")
 _UNAVAILABLE_REPLIES = ("OOM", "MISCONF", "LOADING", "READONLY", "MASTERDOWN", "NOREPLICAS", "BUSY")
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages."""
+    """The URL without its password (in the user-info or as ``?password=``), for messages."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.password is not None:
+        url = url.replace(f":{parts.password}@", ":***@", 1)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
 
 
 class RedisOnlineStore(OnlineStore):
@@ -206,6 +208,10 @@ class RedisOnlineStore(OnlineStore):
 
     def _refused(self, what: str, exc: Exception) -> FeatureStoreError:
         """An error reply: "cannot serve right now" is unavailability, anything else a refusal."""
+        if str(exc).startswith(_CREDENTIAL_REPLIES):
+            return self._unavailable(
+                what, exc, f"check the user and password in online_store.url ({self.address})"
+            )
         if str(exc).startswith(_UNAVAILABLE_REPLIES):
             return self._unavailable(what, exc, self._hint())
         return FeatureStoreError(
@@ -296,7 +302,7 @@ class RedisOnlineStore(OnlineStore):
             try:
                 values = await self._async.execute(b"MGET", *keys)
                 break
-            except (ConnectionError, TimeoutError, OSError) as exc:
+            except (ConnectionError, TimeoutError, asyncio.TimeoutError, OSError) as exc:
                 # A dropped connection is re-opened once (the read is idempotent); a store that
                 # stays down fails fast, like the blocking client's two short retries.
                 if attempt == 2:

@@ -123,6 +123,21 @@ def redact(url: str) -> str:
     return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
 
 
+def open_client(url: str) -> redis.Redis:
+    """A redis-py client with the project's policy, for the online store and the streams alike.
+
+    Every command sent through it is safe to repeat (newer-only writes, reads, overwrites, acks,
+    idempotent pushes), so a retry after a dropped connection is safe; the retries are few and
+    short, so a server that is down fails fast. Raises ValueError for a malformed URL.
+    """
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=5,
+        socket_timeout=30,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+    )
+
+
 class RedisOnlineStore(OnlineStore):
     """Latest values and blobs in Redis, pipelined.
 
@@ -144,15 +159,7 @@ class RedisOnlineStore(OnlineStore):
         super().__init__(project)
         self.url = url
         try:
-            self._client = redis.Redis.from_url(
-                url,
-                socket_connect_timeout=5,
-                socket_timeout=30,
-                # Every command here is idempotent (newer-only writes, reads, overwrites), so a
-                # retry after a dropped connection is safe; few and short, so a down store fails
-                # fast.
-                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-            )
+            self._client = open_client(url)
         except ValueError as exc:
             raise ConfigError(
                 f"bad online_store.url {redact(url)!r}: {exc}",

@@ -21,10 +21,8 @@ from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
-from featurestore.online.redis_store import redact
+from featurestore.online.redis_store import open_client, redact
 from featurestore.streams.base import OnceResult, StreamRead, StreamReader, StreamWriter
 from featurestore.streams.encoding import DATA_FIELD, decode_events, decode_payloads
 from featurestore.streams.schema import EventSchema
@@ -56,16 +54,11 @@ return {table.concat(ids, ' '), table.concat(data, '\\n'), table.concat(sizes, '
 
 
 def connect(url: str) -> redis.Redis:
-    """A redis-py client with the retry policy of the online store (commands here are safe to
-    repeat: reads, acks, idempotent writes; an XADD repeated after a dropped reply could add an
-    event twice, which at-least-once delivery allows)."""
+    """The online store's client policy (``open_client``) for a stream's Redis. An XADD without
+    a push_id repeated after a dropped reply could add an event twice, which at-least-once
+    delivery allows."""
     try:
-        return redis.Redis.from_url(
-            url,
-            socket_connect_timeout=5,
-            socket_timeout=30,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-        )
+        return open_client(url)
     except ValueError as exc:
         raise ConfigError(
             f"bad stream url {redact(url)!r}: {exc}",

@@ -49,7 +49,8 @@ from bench._common import OUT, delete_redis_project, percentile, run_wrk
 from bench.bench_online import free_port, wait_up
 from bench.bench_predict import DEFS
 from featurestore import FeatureStore
-from featurestore.feedback import BatchStateCodec, FeedbackInput
+from featurestore.feedback import FeedbackInput
+from featurestore.models.state_codec import BatchStateCodec
 from featurestore.models.linear import UserState
 from featurestore.models.state_store import ModelLayout, ModelStateStore
 from featurestore.online.codec import ValueCodec, encode_entity_keys
@@ -86,7 +87,7 @@ def build(root: Path, registry: str, redis_url: str, users: int, items: int) -> 
     defs = store.definitions()
     layout = ModelLayout.from_spec(defs, defs.models["taste"])
     version = store.model_versions.add(
-        "taste", registry_version=store.registry_cache.version, data_start=None, data_end=None,
+        "taste", registry_version=store.watcher.version, data_start=None, data_end=None,
         metrics={"loss": 1.0}, activate=False,
     ).version
     states = ModelStateStore(online, "taste", version)

@@ -84,7 +84,7 @@ def build(root: Path, d: int, users: int, items: int, redis_url: str) -> Feature
     layout = ModelLayout.from_spec(defs, defs.models["taste"])
     assert layout.d == d
     version = store.model_versions.add(
-        "taste", registry_version=store.registry_cache.version, data_start=None, data_end=None,
+        "taste", registry_version=store.watcher.version, data_start=None, data_end=None,
         metrics={"bench": True}, activate=False,
     ).version
     states = ModelStateStore(online, "taste", version)

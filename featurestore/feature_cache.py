@@ -10,8 +10,9 @@ memory and a prediction then costs one product ``X @ w``, not a store read per i
 * the misses of a request, over every view, are fetched in **one** ``read_latest`` round trip and
   decoded together (one ``np.frombuffer`` for views of fixed-width features);
 * entries are dropped when they may be stale: a view's entries when a newer materialization run
-  of it is recorded (``MaterializationLog.latest_run_ids``, polled at most every
-  ``poll_seconds``), everything when the registry version changes. Not-found keys are never
+  of it appears in the process's registry snapshot (``registry.watcher``: the watcher polls
+  ``MaterializationLog.latest_run_ids`` off the request path), everything when the registry
+  version changes. Not-found keys are never
   cached, so a newly materialized item shows up at once. TTLs are checked by the caller on every
   read against the cached event time, so a cached value expires on time.
 
@@ -24,8 +25,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import TYPE_CHECKING
@@ -38,9 +38,8 @@ from registry.types import NUMERIC_DTYPES, parse_dtype
 
 if TYPE_CHECKING:
     from featurestore.online.base import OnlineStore
-    from featurestore.registry_cache import RegistryCache
-    from registry.runs import MaterializationLog
     from registry.spec import FeatureViewSpec
+    from registry.watcher import RegistrySnapshot, RegistryWatcher
 
 _NP_ELEMENT = {
     "bool": "?", "int32": "<i4", "int64": "<i8", "float32": "<f4", "float64": "<f8", "timestamp": "<i8",
@@ -187,36 +186,22 @@ class _Slab:
 class FeatureCache:
     """Decoded feature rows per (view, entity key), bounded, invalidated on new materializations.
 
-    >>> cache = FeatureCache(store.online_store, store.registry_cache, store.materialization_log)  # doctest: +SKIP
+    >>> cache = FeatureCache(store.online_store, store.context.watcher)  # doctest: +SKIP
     >>> rows = cache.lookup({"item_embedding": [b"1", b"2"]})["item_embedding"]  # doctest: +SKIP
     >>> rows.values.shape, cache.hits, cache.misses  # doctest: +SKIP
     ((2, 8), 0, 2)
     """
 
-    def __init__(
-        self,
-        online_store: OnlineStore,
-        registry: RegistryCache,
-        materialization_log: MaterializationLog | None = None,
-        *,
-        max_entries: int = 100_000,
-        poll_seconds: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, online_store: OnlineStore, watcher: RegistryWatcher, *, max_entries: int = 100_000) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.online_store = online_store
-        self.registry = registry
-        self.materialization_log = materialization_log
+        self.watcher = watcher
         self.max_entries = max_entries
-        self.poll_seconds = poll_seconds
-        self._clock = clock
         self._lock = threading.Lock()
         self._slabs: dict[str, _Slab] = {}
         self._decoders: dict[str, ViewDecoder] = {}
-        self._registry_version: int | None = None
-        self._runs: dict[str, int] = {}
-        self._checked_at = float("-inf")
+        self._seen: RegistrySnapshot | None = None
         self._generations = itertools.count()
         self.hits = 0
         self.misses = 0
@@ -235,9 +220,16 @@ class FeatureCache:
         """Rows of each view for its keys. Views in ``uncached`` (e.g. fast-changing user
         features) are read in the same round trip but neither served from nor kept in the cache.
         """
+        pending = self.start(requests, uncached=uncached)
+        return pending.finish(self.online_store.read_latest(pending.fetch) if pending.fetch else [])
+
+    def start(self, requests: Mapping[str, Sequence[bytes]], *, uncached: Collection[str] = ()) -> PendingLookup:
+        """The first half of ``lookup``: the cached rows, and the ``(view, key)`` reads still to
+        do (``PendingLookup.fetch``). An asyncio caller awaits those reads together with its
+        other reads, then calls ``finish`` with the replies."""
         self._check()
         out: dict[str, ViewRows] = {}
-        pending: list[tuple[str, ViewDecoder, ViewRows, np.ndarray, int]] = []
+        waiting: list[tuple[str, ViewDecoder, ViewRows, np.ndarray, int]] = []
         fetch: list[tuple[str, bytes]] = []
         with self._lock:
             for view, keys in requests.items():
@@ -264,28 +256,9 @@ class FeatureCache:
                     generation = slab.generation
                 out[view] = rows
                 if len(missing):
-                    pending.append((view, decoder, rows, missing, generation))
+                    waiting.append((view, decoder, rows, missing, generation))
                     fetch += [(view, keys[i]) for i in missing.tolist()]
-        if not fetch:
-            return out
-        results = self.online_store.read_latest(fetch)
-        offset = 0
-        for view, decoder, rows, missing, generation in pending:
-            chunk = results[offset : offset + len(missing)]
-            offset += len(missing)
-            present = [j for j, hit in enumerate(chunk) if hit is not None]
-            if not present:
-                continue
-            where = missing[present]
-            decoded = decoder.decode([chunk[j][1] for j in present])  # type: ignore[index]
-            stamps = np.fromiter((chunk[j][0] for j in present), np.int64, len(present))  # type: ignore[index]
-            rows.values[where] = decoded
-            rows.event_ts[where] = stamps
-            rows.found[where] = True
-            if generation >= 0:
-                keys = requests[view]
-                self._insert(view, generation, [keys[i] for i in where.tolist()], decoded, stamps)
-        return out
+        return PendingLookup(self, requests, out, waiting, fetch)
 
     def invalidate(self, view: str | None = None) -> None:
         """Drop the cached rows of ``view`` (or of every view)."""
@@ -298,46 +271,59 @@ class FeatureCache:
     def stats(self) -> dict[str, float]:
         total = self.hits + self.misses
         return {
-            "hits": self.hits,
-            "misses": self.misses,
+            "hits": float(self.hits),
+            "misses": float(self.misses),
             "hit_rate": self.hits / total if total else 0.0,
-            "entries": sum(len(s.index) for s in self._slabs.values()),
-            "invalidations": self.invalidations,
+            "entries": float(sum(len(s.index) for s in self._slabs.values())),
+            "invalidations": float(self.invalidations),
         }
 
-    # -- internals ------------------------------------------------------------------------------
+    # -- internals ----------------------------------------------------------------------------
     def _check(self) -> None:
-        """Follow the registry version and, at most every ``poll_seconds``, the materialization
-        log (one small query)."""
-        now = self._clock()
-        poll = now - self._checked_at >= self.poll_seconds
-        if poll:
-            self._checked_at = now
-            self.registry.get()  # the registry cache checks its head version on its own schedule
-        if self.registry.version != self._registry_version:
-            with self._lock:
+        """Follow the watcher's snapshot: a new registry version drops everything, a newer
+        materialization run of a view drops that view. An attribute read when nothing moved."""
+        snapshot = self.watcher.snapshot
+        seen = self._seen
+        if snapshot is seen:
+            return
+        with self._lock:
+            if seen is None or snapshot.version != seen.version:
                 self._decoders.clear()
                 for slab in self._slabs.values():
                     slab.clear(next(self._generations))
                 self._slabs.clear()
-                self._registry_version = self.registry.version
-                self.invalidations += 1
-        if not poll or self.materialization_log is None:
-            return
-        runs = self.materialization_log.latest_run_ids()
-        if runs == self._runs:
-            return
-        with self._lock:
-            for view, run_id in runs.items():
-                if self._runs.get(view) != run_id and view in self._slabs:
-                    self._slabs[view].clear(next(self._generations))
+                if seen is not None:
                     self.invalidations += 1
-            self._runs = runs
+            elif snapshot.run_ids != seen.run_ids:
+                for view, run_id in snapshot.run_ids.items():
+                    if seen.run_ids.get(view) != run_id and view in self._slabs:
+                        self._slabs[view].clear(next(self._generations))
+                        self.invalidations += 1
+            self._seen = snapshot
+
+    def _finish(self, pending: PendingLookup, results: Sequence[tuple[int, bytes] | None]) -> dict[str, ViewRows]:
+        offset = 0
+        for view, decoder, rows, missing, generation in pending.waiting:
+            chunk = results[offset : offset + len(missing)]
+            offset += len(missing)
+            present = [j for j, hit in enumerate(chunk) if hit is not None]
+            if not present:
+                continue
+            where = missing[present]
+            decoded = decoder.decode([chunk[j][1] for j in present])  # type: ignore[index]
+            stamps = np.fromiter((chunk[j][0] for j in present), np.int64, len(present))  # type: ignore[index]
+            rows.values[where] = decoded
+            rows.event_ts[where] = stamps
+            rows.found[where] = True
+            if generation >= 0:
+                keys = pending.requests[view]
+                self._insert(view, generation, [keys[i] for i in where.tolist()], decoded, stamps)
+        return pending.rows
 
     def _decoder(self, view: str) -> ViewDecoder:
         decoder = self._decoders.get(view)
         if decoder is None:
-            spec: FeatureViewSpec | None = self.registry.get().feature_views.get(view)
+            spec: FeatureViewSpec | None = self.watcher.snapshot.definitions.feature_views.get(view)
             if spec is None:
                 raise NotFoundError(
                     f"unknown feature view {view!r}", hint="run `featurestore registry show feature_view`"
@@ -378,3 +364,18 @@ class FeatureCache:
             slab.values[rows] = values
             slab.event_ts[rows] = event_ts
             # Left unreferenced: a row read once is the first to go, one read again survives.
+
+
+@dataclass(eq=False)
+class PendingLookup:
+    """A lookup between ``FeatureCache.start`` and ``finish``: ``fetch`` are the reads to do."""
+
+    cache: FeatureCache
+    requests: Mapping[str, Sequence[bytes]]
+    rows: dict[str, ViewRows]
+    waiting: list[tuple[str, ViewDecoder, ViewRows, np.ndarray, int]]
+    fetch: list[tuple[str, bytes]]
+
+    def finish(self, results: Sequence[tuple[int, bytes] | None]) -> dict[str, ViewRows]:
+        """The rows of every view, given the replies to ``fetch`` (in its order)."""
+        return self.cache._finish(self, results)

@@ -3,8 +3,8 @@
 The hot path per call is: encode entity keys, one ``read_latest`` on the online store, decode
 payloads with the view's precompiled codec, check the ttl. Everything else (resolving feature
 references, codecs, which tuple positions to pick) is compiled once per (registry version,
-feature list) into a ``RetrievalPlan`` and cached; the registry itself comes from the
-in-process ``RegistryCache``, never from a query per request.
+feature list) into a ``RetrievalPlan`` and cached; the definitions come from the process's
+registry snapshot (``registry.watcher``), never from a query per request.
 
 Statuses: ``present``; ``not_found`` (no value stored for the entity); ``expired`` (the stored
 value's event time t is not within the view's ttl D of now: t <= now - D, the same boundary as
@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from featurestore.online.codec import ValueCodec, encode_entity_key
+from featurestore.online.codec import ValueCodec, encode_entity_key, encode_int_keys
 from registry.definitions import Definitions
 from registry.errors import UserError
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     import pyarrow
 
     from featurestore.online.base import OnlineStore
-    from featurestore.registry_cache import RegistryCache
+    from registry.watcher import RegistryWatcher
 
 PRESENT, NOT_FOUND, EXPIRED = "present", "not_found", "expired"
 
@@ -132,20 +133,20 @@ class OnlineResponse:
 
 
 class OnlineReader:
-    """Serves ``get_online_features`` for one online store and registry cache."""
+    """Serves ``get_online_features`` for one online store and registry watcher."""
 
-    def __init__(self, store: "OnlineStore", registry: "RegistryCache", max_plans: int = 256) -> None:
+    def __init__(self, store: "OnlineStore", watcher: "RegistryWatcher", max_plans: int = 256) -> None:
         self.store = store
-        self.registry = registry
+        self.watcher = watcher
         self._plans: dict[tuple[Any, ...], RetrievalPlan] = {}
         self._max_plans = max_plans
 
     def plan(self, features: Sequence[str] | str, full_names: bool = False) -> RetrievalPlan:
-        defs = self.registry.get()
-        key = (self.registry.version, features if isinstance(features, str) else tuple(features), full_names)
+        snapshot = self.watcher.snapshot
+        key = (snapshot.version, features if isinstance(features, str) else tuple(features), full_names)
         plan = self._plans.get(key)
         if plan is None:
-            plan = RetrievalPlan.compile(defs, features, full_names)
+            plan = RetrievalPlan.compile(snapshot.definitions, features, full_names)
             if len(self._plans) >= self._max_plans:
                 self._plans.clear()  # plans are cheap to rebuild; a stale version must not pile up
             self._plans[key] = plan
@@ -196,7 +197,7 @@ class OnlineReader:
 
     def freshness(self, views: Iterable[str] | None = None, now_us: int | None = None) -> dict[str, float | None]:
         """Seconds since the newest materialized event of each view (None: nothing written)."""
-        defs = self.registry.get()
+        defs = self.watcher.snapshot.definitions
         names = list(views) if views is not None else [v for v, s in defs.feature_views.items() if s.online]
         newest = self.store.newest_event_ts(names)
         now = time.time_ns() // 1000 if now_us is None else now_us
@@ -249,14 +250,15 @@ def _assemble(
 
 
 def _keys(vp: _ViewPlan, rows: Sequence[Mapping[str, Any]]) -> list[bytes]:
-    """The store keys of ``rows`` for one view. A single integer key, the common case, takes a
-    fast path (``b"%d"``, the codec's own text form); anything else goes through the codec."""
-    if len(vp.key_names) == 1 and vp.key_dtypes[0] == "int64":
-        name = vp.key_names[0]
+    """The store keys of ``rows`` for one view. A single integer key, the common case, takes the
+    codec's vectorised path; anything else, or a bad value, goes row by row (naming the row)."""
+    if len(vp.key_names) == 1:
         try:
-            return [b"%d" % v if type(v) is int else _key(vp, row, i) for i, row in enumerate(rows) for v in (row[name],)]
+            fast = encode_int_keys(vp.key_dtypes[0], list(map(itemgetter(vp.key_names[0]), rows)))
         except (KeyError, TypeError):
-            pass  # fall through to the slow path, which names the bad row
+            fast = None  # the slow path names the bad row
+        if fast is not None:
+            return fast[0]
     return [_key(vp, row, i) for i, row in enumerate(rows)]
 
 

@@ -1,6 +1,7 @@
-"""``FeatureStore``: the SDK entry point. Each method is a thin door into the module that owns
-the concept (registry, online retrieval, export, models); heavy libraries load only when the
-method that needs them is called.
+"""``FeatureStore``: the SDK entry point. It opens the stores, builds the ``ServiceContext``
+once and composes the services (retrieval, predictor, feedback, push, training) from it; each
+method is a thin door into the module that owns the concept. No service imports this module.
+Heavy libraries load only when the method that needs them is called.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featurestore.config import RepoConfig, load_config
-from featurestore.registry_cache import RegistryCache
+from featurestore.context import ServiceContext
 from registry.definitions import Definitions
 from registry.model_versions import ModelVersions
 from registry.plan import Plan
@@ -22,6 +23,7 @@ from registry.runs import MaterializationLog
 from registry.spec import EntitySpec, FeatureServiceSpec, FeatureViewSpec
 from registry.sql_registry import SqlRegistry, VersionInfo
 from registry.validate import load_definitions
+from registry.watcher import RegistryWatcher
 
 if TYPE_CHECKING:
     from featurestore.models.feature_job import FeatureJobResult
@@ -45,6 +47,9 @@ class FeatureStore:
         config_overrides: Mapping[str, Any] | None = None,
         registry_refresh_seconds: float = 5.0,
     ) -> None:
+        """``registry_refresh_seconds``: how far behind the registry database this process may
+        be (definitions, active model versions, materialization runs); at most a second is
+        used, 0 reads the database on every access (see ``registry.watcher``)."""
         self.config: RepoConfig = load_config(repo_path, config_overrides)
         self.repo_path = self.config.root
         self.project = self.config.project
@@ -64,9 +69,22 @@ class FeatureStore:
         return ModelVersions(self.registry.engine, self.project)
 
     @cached_property
-    def registry_cache(self) -> RegistryCache:
-        return RegistryCache(
-            self.registry.head_version, self.registry.definitions, self._refresh_seconds
+    def watcher(self) -> RegistryWatcher:
+        """The process's registry watcher: ``watcher.snapshot`` is what request paths read."""
+        return RegistryWatcher(
+            self.registry, self.model_versions, self.materialization_log, min(1.0, self._refresh_seconds)
+        )
+
+    @cached_property
+    def context(self) -> ServiceContext:
+        """The narrow things the services share, built once (opens the online store)."""
+        return ServiceContext(
+            config=self.config,
+            registry=self.registry,
+            watcher=self.watcher,
+            online_store=self.online_store,
+            model_versions=self.model_versions,
+            run_log=self.materialization_log,
         )
 
     def validate(self) -> Definitions:
@@ -93,13 +111,13 @@ class FeatureStore:
             git_commit=_git_commit(self.repo_path),
             message=message,
         )
-        self.registry_cache.refresh(force=True)
+        self.watcher.refresh(force=True)
         return result
 
     def definitions(self, version: int | None = None) -> Definitions:
         """The applied definitions: cached for the latest version, read from SQL for older ones."""
         if version is None:
-            return self.registry_cache.get()
+            return self.watcher.snapshot.definitions
         return self.registry.definitions(version)
 
     def list_entities(self, version: int | None = None) -> list[EntitySpec]:
@@ -122,7 +140,7 @@ class FeatureStore:
     def online_reader(self) -> "OnlineReader":
         from featurestore.retrieval import OnlineReader
 
-        return OnlineReader(self.online_store, self.registry_cache)
+        return OnlineReader(self.online_store, self.watcher)
 
     def get_online_features(
         self,
@@ -179,7 +197,7 @@ class FeatureStore:
     def predictor(self) -> "Predictor":
         from featurestore.models.serving import Predictor
 
-        return Predictor(self, poll_seconds=min(1.0, self._refresh_seconds))
+        return Predictor(self.context)
 
     def predict(
         self,
@@ -205,7 +223,9 @@ class FeatureStore:
         """
         from featurestore.models.training import train_model
 
-        return train_model(self, model, labels, timestamp_column=timestamp_column)
+        return train_model(
+            self.context, model, labels, timestamp_column=timestamp_column, export=self.get_training_dataset
+        )
 
     def run_feature_job(self, name: str) -> "FeatureJobResult":
         """Run a feature job (learned item factors) and write its output; materialize the fed
@@ -216,14 +236,13 @@ class FeatureStore:
 
     def activate_model(self, model: str, version: int) -> None:
         """Make ``version`` the one served, reloading its state from its artifact if needed."""
-        from featurestore.models.training import restore_version
+        from featurestore.models.artifacts import restore_version
 
         self.definitions().get("model", model)
         self.model_versions.get(model, version)
-        restore_version(self, model, version)
+        restore_version(self.context, model, version)
         self.model_versions.activate(model, version)
-        if "predictor" in self.__dict__:
-            self.predictor.refresh()
+        self.watcher.refresh()  # this process serves it at once; others within a second
 
     def rollback_model(self, model: str) -> int:
         """Activate the version before the active one; returns it."""
@@ -243,8 +262,8 @@ class FeatureStore:
 
     # -- feedback ---
     # Observations that update the per-user models online (docs/feedback.md). The logic lives in
-    # featurestore.feedback and is shared with `POST /feedback`; it uses this store's predictor
-    # (its feature cache, layouts and prediction log).
+    # featurestore.feedback and is shared with `POST /feedback`; it shares this store's predictor's
+    # planner (feature cache, layouts) and prediction log.
     if TYPE_CHECKING:
         from featurestore.feedback import FeedbackInput, FeedbackResult, FeedbackService
 
@@ -252,7 +271,7 @@ class FeatureStore:
     def feedback_service(self) -> "FeedbackService":
         from featurestore.feedback import FeedbackService
 
-        return FeedbackService(self)
+        return FeedbackService(self.context, self.predictor.planner, self.predictor.log)
 
     def feedback(
         self,
@@ -299,7 +318,7 @@ class FeatureStore:
     def pusher(self) -> "Pusher":
         from featurestore.push import Pusher
 
-        return Pusher(self)
+        return Pusher(self.context)
 
     def push(self, view: str, rows: "Sequence[Mapping[str, Any]]", push_id: str | None = None) -> "PushResult":
         """Check events against ``view`` and append them to its stream, all or none; the stream
@@ -329,6 +348,8 @@ class FeatureStore:
             self.predictor.close()
         if "pusher" in self.__dict__:
             self.pusher.close()
+        if "watcher" in self.__dict__:
+            self.watcher.close()
         if "online_store" in self.__dict__:
             self.online_store.close()
         if "registry" in self.__dict__:

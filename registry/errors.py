@@ -11,6 +11,7 @@ online server maps it to; the CLI maps ``UserError`` to exit code 1 and everythi
     │   ├── DefinitionError           YAML definitions; carries every DefinitionIssue of a run
     │   ├── NotFoundError     (404)   an unknown object, feature reference, version
     │   ├── BreakingChangeError (409) apply refused a breaking change
+    │   ├── InputError                one field of a request is bad; ``field`` names it
     │   └── DataError         (422)   source data does not match its definition
     ├── ConflictError         (409, retryable)  optimistic concurrency lost a race
     └── StoreUnavailableError (503, retryable)  Redis / PostgreSQL / a file store is down
@@ -88,6 +89,16 @@ class NotFoundError(UserError):
 
 class BreakingChangeError(UserError):
     http_status = 409
+
+
+class InputError(UserError):
+    """One field of a request (predict, feedback) is bad. ``field`` is its path in the request,
+    e.g. ``user``, ``items.3``, ``request_features.hour``; ``reason`` reads after it."""
+
+    def __init__(self, field: str, reason: str, *, hint: str | None = None) -> None:
+        super().__init__(f"`{field}` {reason}", hint=hint)
+        self.field = field
+        self.reason = reason
 
 
 class DataError(UserError):

@@ -101,16 +101,16 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "replay":
             from featurestore.feedback import replay
 
-            print(replay(store, args.model, args.version, write=not args.check).summary())
+            print(replay(store.context, args.model, args.version, write=not args.check).summary())
             return 0
         if args.action == "retrain":
             retrain(store, args.model, labels=args.labels, timestamp_column=args.timestamp_column,
                     feature_job=not args.no_feature_job)
             return 0
         if args.action == "export-feedback":
-            from featurestore.feedback_export import export_feedback
+            from featurestore.feedback.export import export_feedback
 
-            print(export_feedback(store, args.model, delay_seconds=args.delay).summary())
+            print(export_feedback(store.context, args.model, delay_seconds=args.delay).summary())
             return 0
         version = store.rollback_model(args.model)
         print(f"Model {args.model!r}: rolled back to version {version}.")
@@ -120,19 +120,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(store, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
-    from featurestore.feedback_export import save_training_labels
+    from featurestore.feedback.export import save_training_labels
 
     result = store.train(args.model, args.labels, timestamp_column=args.timestamp_column)
     print(result.summary())
     # Kept so that `models retrain` can re-train on these labels plus the logged feedback.
-    save_training_labels(store, args.model, result.version, args.labels, args.timestamp_column)
+    save_training_labels(store.context, args.model, result.version, args.labels, args.timestamp_column)
     return 0
 
 
 def _status(store, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
     from featurestore.feedback import model_status
 
-    s = model_status(store, args.model, args.version, window=args.window, min_observations=args.min_observations)
+    s = model_status(store.context, args.model, args.version, window=args.window, min_observations=args.min_observations)
     retrains = s.stale and s.auto_retrain and not args.no_retrain
     if args.json:
         print(json.dumps({**s.to_dict(), "retraining": retrains}, indent=2, sort_keys=True))
@@ -162,7 +162,7 @@ def retrain(store, model: str, *, labels=None, timestamp_column: str = "event_ti
             feature_job: bool = True) -> object:
     """Export the feedback, re-learn the item features that feed ``model`` (feature job +
     materialization), then train a new version on the original labels plus the feedback."""
-    from featurestore.feedback_export import (
+    from featurestore.feedback.export import (
         EVENT_TS,
         JOIN_TS,
         export_feedback,
@@ -176,14 +176,14 @@ def retrain(store, model: str, *, labels=None, timestamp_column: str = "event_ti
     defs = store.definitions()
     defs.get("model", model)
     active = store.model_versions.active_versions().get(model)
-    print(export_feedback(store, model).summary())
+    print(export_feedback(store.context, model).summary())
     if labels is not None:
         original = read_labels(labels)
         if timestamp_column != EVENT_TS:
             original = original.drop_columns([c for c in original.column_names if c == EVENT_TS])
             original = original.rename_columns([EVENT_TS if c == timestamp_column else c for c in original.column_names])
     else:
-        original = training_labels(store, model, active) if active is not None else None
+        original = training_labels(store.context, model, active) if active is not None else None
         if original is None:
             raise UserError(
                 f"model {model!r} has no saved training labels"
@@ -193,9 +193,9 @@ def retrain(store, model: str, *, labels=None, timestamp_column: str = "event_ti
     features_after = None
     if feature_job:
         features_after = _rerun_feature_jobs(store, model)
-    table = retrain_labels(store, model, original, features_after=features_after)
+    table = retrain_labels(store.context, model, original, features_after=features_after)
     result = store.train(model, table, timestamp_column=JOIN_TS if features_after is not None else EVENT_TS)
-    save_training_labels(store, model, result.version, original, EVENT_TS)
+    save_training_labels(store.context, model, result.version, original, EVENT_TS)
     print(result.summary())
     return result
 

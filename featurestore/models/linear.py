@@ -120,6 +120,26 @@ class StateBatch:
             for i in range(len(ns))
         ]
 
+    def take(self, index: np.ndarray) -> StateBatch:
+        """The states at ``index`` as a new batch (copies)."""
+        return StateBatch(self.w[index], self.A_inv[index], self.xtx[index], self.xty[index],
+                          self.n[index], self.version[index])
+
+    def put(self, index: np.ndarray, values: StateBatch) -> None:
+        """Overwrite the states at ``index`` with ``values`` (in place)."""
+        self.w[index], self.A_inv[index], self.xtx[index] = values.w, values.A_inv, values.xtx
+        self.xty[index], self.n[index], self.version[index] = values.xty, values.n, values.version
+
+    def concat(self, other: StateBatch) -> StateBatch:
+        """This batch followed by ``other``, as a new batch."""
+        return StateBatch(*(np.concatenate((a, b)) for a, b in zip(
+            (self.w, self.A_inv, self.xtx, self.xty, self.n, self.version),
+            (other.w, other.A_inv, other.xtx, other.xty, other.n, other.version))))
+
+    def first(self) -> UserState:
+        """The first state as views (``to_states`` would freeze the batch, which is written again)."""
+        return UserState(self.w[0], self.A_inv[0], self.xtx[0], self.xty[0], int(self.n[0]), int(self.version[0]))
+
     def learn(
         self, rows: np.ndarray, X: np.ndarray, y: np.ndarray, objective: Objective = "squared_error"
     ) -> StateBatch:
@@ -138,6 +158,19 @@ class StateBatch:
         )
         _learn_in_place(out, rows, X, y, objective)
         return out
+
+
+def local_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct values in first-appearance order, each row's index into them).
+
+    >>> [a.tolist() for a in local_rows(np.array([5, 3, 5]))]
+    [[5, 3], [0, 1, 0]]
+    """
+    uniq, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return uniq[order], rank[inverse]
 
 
 def design_matrix(*blocks: np.ndarray, bias: bool = True) -> np.ndarray:

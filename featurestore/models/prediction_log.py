@@ -20,11 +20,12 @@ import json
 import logging
 import queue
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -163,30 +164,45 @@ class PredictionLog:
 
     def get(self, prediction_id: str) -> PredictionRecord | None:
         """A prediction by id: from memory if recent, else from the table (once written)."""
-        record = self._recent.get(prediction_id)
-        if record is not None:
-            return record
+        return self.get_many([prediction_id])[prediction_id]
+
+    def get_many(self, ids: Sequence[str], *, wait_seconds: float = 0.0) -> dict[str, PredictionRecord | None]:
+        """Predictions by id: the recent ones from memory, the others in one query.
+
+        A prediction made by another process reaches the table within that process's flush
+        interval. With ``wait_seconds``, ids still missing are looked up again (one query per
+        round, 5 ms apart, doubling) until all are found or the time is up: a wait on the
+        condition, which returns as soon as the rows are there.
+        """
+        out: dict[str, PredictionRecord | None] = {}
+        for pid in ids:
+            out[pid] = self._recent.get(pid)
+        missing = [pid for pid, r in out.items() if r is None]
+        deadline = time.monotonic() + wait_seconds
+        pause = 0.005
+        while missing:
+            out.update(self._select(missing))
+            missing = [pid for pid in missing if out[pid] is None]
+            left = deadline - time.monotonic()
+            if not missing or left <= 0:
+                break
+            time.sleep(min(pause, left))
+            pause *= 2
+        return out
+
+    def _select(self, ids: list[str]) -> dict[str, PredictionRecord]:
         import sqlalchemy as sa
 
         p = t.predictions
+        found: dict[str, PredictionRecord] = {}
         with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(p).where(p.c.project == self.project, p.c.prediction_id == prediction_id)
-            ).mappings().first()
-        if row is None:
-            return None
-        features = np.frombuffer(row["features"], dtype=_F8).reshape(-1, row["dimension"])
-        created = row["created_at"]
-        return PredictionRecord(
-            prediction_id=row["prediction_id"],
-            project=row["project"],
-            model=row["model"],
-            model_version=int(row["model_version"]),
-            user_key=row["user_key"],
-            items=row["items"],
-            features=features.astype(np.float64),
-            created_at=created if created.tzinfo else created.replace(tzinfo=timezone.utc),
-        )
+            for start in range(0, len(ids), 1_000):
+                rows = conn.execute(
+                    sa.select(p).where(p.c.project == self.project, p.c.prediction_id.in_(ids[start : start + 1_000]))
+                ).mappings()
+                for row in rows:
+                    found[row["prediction_id"]] = _record(row)
+        return found
 
     @property
     def pending(self) -> int:
@@ -290,3 +306,18 @@ class PredictionLog:
         ]
         with self.engine.begin() as conn:
             conn.execute(sa.insert(t.predictions), rows)
+
+
+def _record(row: Any) -> PredictionRecord:
+    features = np.frombuffer(row["features"], dtype=_F8).reshape(-1, row["dimension"])
+    created = row["created_at"]
+    return PredictionRecord(
+        prediction_id=row["prediction_id"],
+        project=row["project"],
+        model=row["model"],
+        model_version=int(row["model_version"]),
+        user_key=row["user_key"],
+        items=row["items"],
+        features=features.astype(np.float64),
+        created_at=created if created.tzinfo else created.replace(tzinfo=timezone.utc),
+    )

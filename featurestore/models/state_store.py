@@ -20,7 +20,6 @@ namespace is read; the state of every version stays in place.
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,6 +32,7 @@ from featurestore.models.state_codec import (
     decode_weights,
     encode_state,
     encode_weights,
+    read_weights,
 )
 from registry.errors import ConfigError, DataError, NotFoundError
 from registry.types import NUMERIC_DTYPES, parse_dtype
@@ -46,15 +46,6 @@ META_KEY = b"\\meta"
 AVERAGE_KEY = b"\\average"
 RESERVED_KEYS = frozenset({META_KEY, AVERAGE_KEY})
 LAYOUT_FORMAT = 1
-# The head of an encoded state (magic, format, dtype, d) and its header size, as documented in
-# docs/model-state.md and pinned by tests/models/test_state_codec.py.
-_STATE_HEAD = struct.Struct("<2sBBH")
-_STATE_HEADER_SIZE = 22
-
-
-def _state_size(d: int) -> int:
-    return _STATE_HEADER_SIZE + 8 * (2 * d + d * (d + 1))
-
 # States per put_blobs call: bounds one Redis MSET at ~25 MB for d = 64.
 _PUT_CHUNK = 1_000
 
@@ -308,31 +299,11 @@ class ModelStateStore:
         return out
 
     def get_weights(self, users: Sequence[bytes]) -> np.ndarray:
-        """Only the weights of each user, (k, d): what scoring needs without exploration.
-
-        Reads w straight from the documented state layout (docs/model-state.md: w is the d
-        float64 after the 22-byte header) instead of decoding both d x d triangles as well.
-        """
+        """Only the weights of each user, (k, d): what scoring needs without exploration
+        (``state_codec.read_weights`` reads w without decoding the matrices)."""
         blobs = self._load(users) if self._layout is None else self.online_store.get_blobs(self.namespace, list(users))
         assert self._layout is not None and self._average is not None
-        d = self._layout.d
-        out = np.empty((len(blobs), d))
-        for i, blob in enumerate(blobs):
-            if blob is None:
-                out[i] = self._average
-                continue
-            if len(blob) == _state_size(d) and _STATE_HEAD.unpack_from(blob) == (b"VS", 1, 1, d):
-                out[i] = np.frombuffer(blob, dtype="<f8", count=d, offset=_STATE_HEADER_SIZE)
-            else:
-                w = decode_state(blob).w  # raises the codec's precise error if it is not a state
-                if w.shape != (d,):
-                    raise DataError(
-                        f"state of user {users[i]!r} has d={w.shape[0]}, model {self.model!r} "
-                        f"version {self.version} has d={d}",
-                        hint="train the model again",
-                    )
-                out[i] = w
-        return out
+        return read_weights(blobs, self._layout.d, self._average)
 
     def get_state(self, user: bytes) -> UserState:
         return self.get_states([user])[0]

@@ -5,7 +5,7 @@ Steps (``train_model``):
 
 1. read the labels (user join keys, item join keys, the label, a timestamp, request features);
 2. join the model's item and user features as of each label's timestamp through the
-   point-in-time export (``FeatureStore.get_training_dataset``), so no row sees the future;
+   point-in-time export (``featurestore.export.get_training_dataset``), so no row sees the future;
 3. build x = [item features flattened, user features, request features, 1.0]; rows with a null
    feature (an item not materialized yet, say) or a null label are dropped and counted;
 4. fit the average user (``fit_average``) and every user centred on it (``fit_users``);
@@ -13,44 +13,34 @@ Steps (``train_model``):
    artifact to the offline store, then activate it: a server never switches to a version whose
    states are not all written.
 
-Artifact layout::
-
-    {offline_path}/{project}/_models/{model}/v{version}/manifest.json    layout, w_avg, metrics
-    {offline_path}/{project}/_models/{model}/v{version}/states.parquet   user_key, state (bytes)
-
-``state`` is ``encode_state`` (docs/model-state.md), so the artifact restores the online state
-of a version exactly (``restore_version``, used when activating a version whose state is gone).
+The artifact (``models.artifacts``) restores the online state of a version exactly.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from featurestore.models.artifacts import write_artifact
 from featurestore.models.linear import UserState, fit_average, fit_users, sigmoid
 from featurestore.models.metrics import RunningLoss
-from featurestore.models.state_codec import decode_state, encode_state
 from featurestore.models.state_store import ModelLayout, ModelStateStore
 from featurestore.online.codec import encode_entity_keys
-from registry.errors import ConflictError, DataError, NotFoundError, UserError
+from registry.errors import ConflictError, DataError, UserError
 
 if TYPE_CHECKING:
-    from featurestore.store import FeatureStore
+    from featurestore.context import ServiceContext
     from registry.definitions import Definitions
 
 DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"
-MANIFEST = "manifest.json"
-STATES_FILE = "states.parquet"
-ARTIFACT_FORMAT = 1
+#: A point-in-time export: (entity_df, feature references, **options) -> a dataset.
+Export = Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -126,7 +116,7 @@ def read_labels(labels: Any) -> pa.Table:
 
 
 def build_training_set(
-    store: FeatureStore,
+    export: Export,
     defs: Definitions,
     layout: ModelLayout,
     label: str,
@@ -153,9 +143,7 @@ def build_training_set(
         )
     entity_df = labels.select(list(dict.fromkeys(needed)))
     refs = [b.ref for b in (*layout.item, *layout.user)]
-    dataset = store.get_training_dataset(
-        entity_df, refs, timestamp_column=timestamp_column, full_names=True
-    )
+    dataset = export(entity_df, refs, timestamp_column=timestamp_column, full_names=True)
     try:
         table = _as_arrow(dataset)
     finally:
@@ -277,30 +265,36 @@ def fit(training: TrainingSet) -> tuple[np.ndarray, dict[bytes, UserState], dict
 
 
 def train_model(
-    store: FeatureStore,
+    context: ServiceContext,
     model: str,
     labels: Any,
     *,
     timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
+    export: Export | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``labels`` and make the result its active version.
 
-    >>> train_model(store, "taste", "labels.parquet").version  # doctest: +SKIP
+    ``export(entity_df, features, **options)`` is the point-in-time export the features come
+    from (``FeatureStore.get_training_dataset``; by default the same over the context's config).
+
+    >>> train_model(store.context, "taste", "labels.parquet").version  # doctest: +SKIP
     1
     """
-    store.registry_cache.refresh(force=True)
-    defs = store.definitions()
-    registry_version = store.registry_cache.version
+    snapshot = context.watcher.refresh()
+    defs = snapshot.definitions
+    registry_version = snapshot.version
     spec = defs.get("model", model)
     layout = ModelLayout.from_spec(defs, spec)
     table = read_labels(labels)
-    training = build_training_set(store, defs, layout, spec.label, table, timestamp_column)
+    if export is None:
+        export = _point_in_time(context, defs)
+    training = build_training_set(export, defs, layout, spec.label, table, timestamp_column)
     w_avg, states, metrics = fit(training)
 
     # Record the version inactive first: its states must be written before a server can pick it.
-    expected = max((v.version for v in store.model_versions.list(model)), default=0) + 1
-    directory = artifact_dir(store, model, expected)
-    recorded = store.model_versions.add(
+    expected = max((v.version for v in context.model_versions.list(model)), default=0) + 1
+    directory = context.artifact_dir(model, expected)
+    recorded = context.model_versions.add(
         model,
         registry_version=registry_version,
         data_start=training.data_start,
@@ -314,7 +308,7 @@ def train_model(
             f"another training of model {model!r} recorded version {expected} at the same time",
             hint="re-run the training",
         )
-    ModelStateStore(store.online_store, model, recorded.version).publish(layout, w_avg, states)
+    ModelStateStore(context.online_store, model, recorded.version).publish(layout, w_avg, states)
     write_artifact(
         directory,
         layout=layout,
@@ -330,7 +324,8 @@ def train_model(
             "metrics": metrics,
         },
     )
-    store.model_versions.activate(model, recorded.version)
+    context.model_versions.activate(model, recorded.version)
+    context.watcher.refresh()  # this process serves the new version at once
     return TrainResult(
         model=model,
         version=recorded.version,
@@ -348,78 +343,16 @@ def train_model(
     )
 
 
-# -- the artifact -------------------------------------------------------------------------------
-
-
-def artifact_dir(store: FeatureStore, model: str, version: int) -> Path:
-    return store.config.offline_path / store.project / "_models" / model / f"v{int(version)}"
-
-
-def write_artifact(
-    directory: Path,
-    *,
-    layout: ModelLayout,
-    w_avg: np.ndarray,
-    states: dict[bytes, UserState],
-    manifest: dict[str, Any],
-) -> None:
-    """states.parquet (user_key, state) then manifest.json, each written atomically."""
-    from featurestore.offline.layout import write_atomic
-
-    keys = list(states)
-    table = pa.table(
-        {
-            "user_key": pa.array(keys, pa.binary()),
-            "state": pa.array([encode_state(states[k]) for k in keys], pa.binary()),
-        }
-    )
-    write_atomic(table, directory / STATES_FILE)
-    body = {
-        "format": ARTIFACT_FORMAT,
-        **manifest,
-        "layout": layout.to_dict(),
-        "average": [float(v) for v in w_avg],
-        "users": len(keys),
-        "files": {"states": STATES_FILE},
-        "state_encoding": "featurestore.models.state_codec format 1 (docs/model-state.md)",
-    }
-    tmp = directory / f".{MANIFEST}.{uuid.uuid4().hex}.tmp"
-    tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, directory / MANIFEST)
-
-
-def read_artifact(directory: Path) -> tuple[dict[str, Any], ModelLayout, np.ndarray, dict[bytes, UserState]]:
-    """(manifest, layout, w_avg, states) of an artifact written by ``write_artifact``."""
-    import pyarrow.parquet as pq
-
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        raise NotFoundError(
-            f"no model artifact at {directory}", hint="train the model again to recreate it"
-        )
-    manifest = json.loads(path.read_text())
-    layout = ModelLayout.from_dict(manifest["layout"])
-    table = pq.read_table(Path(directory) / manifest["files"]["states"])
-    states = {
-        bytes(k): decode_state(v)
-        for k, v in zip(table["user_key"].to_pylist(), table["state"].to_pylist())
-    }
-    return manifest, layout, np.asarray(manifest["average"], dtype=np.float64), states
-
-
-def restore_version(store: FeatureStore, model: str, version: int) -> bool:
-    """Make sure a version's state is in the online store, reloading it from its artifact when
-    it is not (e.g. Redis was flushed). True when it had to be restored."""
-    states = ModelStateStore(store.online_store, model, version)
-    if states.exists():
-        return False
-    recorded = store.model_versions.get(model, version)
-    _, layout, w_avg, user_states = read_artifact(Path(recorded.artifact))
-    states.publish(layout, w_avg, user_states)
-    return True
-
-
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def _point_in_time(context: ServiceContext, defs: Definitions) -> Export:
+    def export(entity_df: Any, features: list[str], **options: Any) -> Any:
+        from featurestore.export import get_training_dataset
+
+        return get_training_dataset(context.config, defs, entity_df, features, **options)
+
+    return export
 
 
 def _as_arrow(dataset: Any) -> pa.Table:

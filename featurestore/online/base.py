@@ -104,6 +104,11 @@ class OnlineStore(ABC):
         """The blobs of ``keys`` (None when missing), in one round trip."""
         self._unimplemented("get_blobs")
 
+    async def get_blobs_async(self, namespace: str, keys: Sequence[bytes]) -> list[bytes | None]:
+        """``get_blobs`` for asyncio code (``POST /predict`` reads a user's state with it, in the
+        same step as the features). The default answers directly, as ``read_latest_async``."""
+        return self.get_blobs(namespace, keys)
+
     def delete_namespace(self, namespace: str) -> int:
         """Delete every blob of a namespace; returns how many were deleted."""
         self._unimplemented("delete_namespace")

@@ -49,7 +49,7 @@ KEY_SEPARATOR = b"|"
 KEY_ESCAPE = b"\\"
 
 _INT_KEY_DTYPES = ("int32", "int64")
-_INT32_RANGE = (-(2**31), 2**31 - 1)
+_INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 
 # dtype element -> (struct code, numpy dtype, arrow type)
 _ELEMENTS: dict[str, tuple[str, str, pa.DataType]] = {
@@ -90,6 +90,11 @@ def encode_entity_key(dtypes: Sequence[str], values: Sequence[Any]) -> bytes:
     >>> encode_entity_key(["int64", "string"], [42, "a|b"])
     b'42|a\\\\|b'
     """
+    if len(dtypes) == 1 and len(values) == 1:
+        # One integer join key, the common case: a type and a range check, then its text.
+        value, bounds = values[0], _INT_RANGES.get(dtypes[0])
+        if type(value) is int and bounds is not None and bounds[0] <= value <= bounds[1]:
+            return b"%d" % value
     if len(dtypes) != len(values):
         raise DataError(
             f"expected {len(dtypes)} join key value(s), got {len(values)}: {list(values)!r}",
@@ -106,8 +111,12 @@ def encode_entity_key(dtypes: Sequence[str], values: Sequence[Any]) -> bytes:
                     hint="pass integers for integer join keys",
                 )
             number = operator.index(value)
-            if dtype == "int32" and not _INT32_RANGE[0] <= number <= _INT32_RANGE[1]:
-                raise DataError(f"join key #{i} ({dtype}) is out of range: {number}")
+            low, high = _INT_RANGES[dtype]
+            if not low <= number <= high:
+                raise DataError(
+                    f"join key #{i} ({dtype}) is out of range: {number}",
+                    hint=f"{dtype} join keys lie in {low}..{high}",
+                )
             parts.append(b"%d" % number)
         elif dtype == "string":
             if not isinstance(value, str):
@@ -120,6 +129,25 @@ def encode_entity_key(dtypes: Sequence[str], values: Sequence[Any]) -> bytes:
         else:
             _check_key_dtypes([dtype])
     return KEY_SEPARATOR.join(parts)
+
+
+def encode_int_keys(dtype: str, values: Sequence[Any]) -> tuple[list[bytes], list[str]] | None:
+    """(keys, the keys as text) of many values of one integer join key, in a few C-level passes
+    (``map``, ``join``, ``split``) instead of a call per value; None when any value is not an
+    in-range ``int`` of ``dtype``, so the caller's per-row path can name the bad one.
+
+    >>> encode_int_keys("int64", [7, -1])
+    ([b'7', b'-1'], ['7', '-1'])
+    >>> encode_int_keys("int32", [2**31]) is None
+    True
+    """
+    bounds = _INT_RANGES.get(dtype)
+    if bounds is None or not values or set(map(type, values)) != {int}:
+        return None
+    if not (bounds[0] <= min(values) and max(values) <= bounds[1]):
+        return None
+    texts = list(map(str, values))
+    return ",".join(texts).encode("ascii").split(b","), texts
 
 
 def _key_column(i: int, dtype: str, column: pa.Array | pa.ChunkedArray) -> pa.Array:

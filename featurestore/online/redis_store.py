@@ -304,18 +304,7 @@ class RedisOnlineStore(OnlineStore):
             keys = [prefixes[view] + key for view, key in view_keys]
         except KeyError:
             keys = [self._view_prefix(view) + key for view, key in view_keys]
-        values: list[bytes | None] = []
-        for attempt in (1, 2):
-            try:
-                values = await self._async.execute(b"MGET", *keys)
-                break
-            except (ConnectionError, TimeoutError, asyncio.TimeoutError, OSError) as exc:
-                # A dropped connection is re-opened once (the read is idempotent); a store that
-                # stays down fails fast, like the blocking client's two short retries.
-                if attempt == 2:
-                    raise self._unavailable("reading", exc, self._hint()) from exc
-            except redis_async.RespError as exc:
-                raise self._refused("reading", exc) from exc
+        values = await self._mget_async(keys)
         unpack_from = _TS.unpack_from
         return [None if v is None else (unpack_from(v)[0], v[HEADER_SIZE:]) for v in values]
 
@@ -354,6 +343,29 @@ class RedisOnlineStore(OnlineStore):
             return []
         with self._guard("reading"):
             return list(self._client.execute_command("MGET", *[prefix + k for k in keys]))
+
+    async def get_blobs_async(self, namespace: str, keys: Sequence[bytes]) -> list[bytes | None]:
+        self._check_open()
+        if not keys:
+            return []
+        if self._async is None:
+            return await asyncio.to_thread(self.get_blobs, namespace, keys)
+        prefix = self.blob_prefix(namespace)
+        return await self._mget_async([prefix + k for k in keys])
+
+    async def _mget_async(self, keys: list[bytes]) -> list[bytes | None]:
+        assert self._async is not None
+        for attempt in (1, 2):
+            try:
+                return list(await self._async.execute(b"MGET", *keys))
+            except (ConnectionError, TimeoutError, asyncio.TimeoutError, OSError) as exc:
+                # A dropped connection is re-opened once (the read is idempotent); a store that
+                # stays down fails fast, like the blocking client's two short retries.
+                if attempt == 2:
+                    raise self._unavailable("reading", exc, self._hint()) from exc
+            except redis_async.RespError as exc:
+                raise self._refused("reading", exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def delete_namespace(self, namespace: str) -> int:
         pattern = _glob_escape(self.blob_prefix(namespace)) + b"*"

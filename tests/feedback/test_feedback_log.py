@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featurestore.feedback_log import FeedbackLog, Observation
+from featurestore.feedback.log import FeedbackLog, Observation
 from registry.db import create_engine, ensure_schema
 
 

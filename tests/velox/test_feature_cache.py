@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from featurestore import FeatureStore
 from featurestore.feature_cache import FeatureCache, ViewDecoder
 from featurestore.online.codec import ValueCodec
+from registry.watcher import RegistryWatcher
 from tests.velox.conftest import NOW_US, VEC, fake_export, key, labels
 
 DTYPES = ["float32[2]", "int64", "bool", "float64", "int32", "timestamp"]
@@ -59,11 +60,11 @@ def test_views_with_strings_decode_row_by_row_and_skip_them() -> None:
 
 
 def _cache(store: FeatureStore, **kwargs) -> FeatureCache:  # type: ignore[no-untyped-def]
-    return FeatureCache(store.online_store, store.registry_cache, store.materialization_log, **kwargs)
+    return FeatureCache(store.online_store, store.watcher, **kwargs)
 
 
 def test_hits_misses_and_not_found_is_never_cached(store: FeatureStore) -> None:
-    cache = _cache(store, poll_seconds=0)
+    cache = _cache(store)
     rows = cache.lookup({"item_vec": [key(1), key(2), key(99)]})["item_vec"]
     assert (cache.hits, cache.misses) == (0, 3)
     assert rows.found.tolist() == [True, True, False]
@@ -75,7 +76,7 @@ def test_hits_misses_and_not_found_is_never_cached(store: FeatureStore) -> None:
 
 
 def test_lru_keeps_at_most_max_entries(store: FeatureStore) -> None:
-    cache = _cache(store, max_entries=3, poll_seconds=0)
+    cache = _cache(store, max_entries=3)
     cache.lookup({"item_vec": [key(1), key(2), key(3)]})
     cache.lookup({"item_vec": [key(1)]})  # 1 is now the most recent: 2 is the oldest
     cache.lookup({"item_vec": [key(4)]})  # evicts 2
@@ -98,25 +99,29 @@ def _record_run(store: FeatureStore, view: str) -> None:
     )
 
 
-def test_a_new_materialization_run_invalidates_the_view_polled_at_most_every_poll_seconds(store: FeatureStore) -> None:
-    now = [100.0]
-    cache = _cache(store, poll_seconds=1.0, clock=lambda: now[0])
-    first = cache.lookup({"item_vec": [key(1)], "item_pop": [key(1)]})
-    _rewrite(store, 1, [9.0, 9.0, 9.0], NOW_US + 1)
-    _record_run(store, "item_vec")
-    now[0] += 0.5  # within the poll interval: the cache has not looked at the log yet
-    stale = cache.lookup({"item_vec": [key(1)]})["item_vec"]
-    np.testing.assert_array_equal(stale.values, first["item_vec"].values)
-    now[0] += 0.6
-    fresh = cache.lookup({"item_vec": [key(1)], "item_pop": [key(1)]})
-    assert fresh["item_vec"].values.tolist() == [[9.0, 9.0, 9.0]]
-    assert cache.invalidations >= 1
-    # item_pop had no new run: still served from memory.
-    assert cache.hits >= 2
+def test_a_new_materialization_run_invalidates_the_view_once_the_snapshot_shows_it(store: FeatureStore) -> None:
+    # A watcher that never ticks on its own: the test moves the snapshot by hand.
+    watcher = RegistryWatcher(store.registry, store.model_versions, store.materialization_log, interval=3600)
+    cache = FeatureCache(store.online_store, watcher)
+    try:
+        first = cache.lookup({"item_vec": [key(1)], "item_pop": [key(1)]})
+        _rewrite(store, 1, [9.0, 9.0, 9.0], NOW_US + 1)
+        _record_run(store, "item_vec")
+        # The lookup reads the snapshot, not the database: until it moves, memory serves.
+        stale = cache.lookup({"item_vec": [key(1)]})["item_vec"]
+        np.testing.assert_array_equal(stale.values, first["item_vec"].values)
+        watcher.refresh()
+        fresh = cache.lookup({"item_vec": [key(1)], "item_pop": [key(1)]})
+        assert fresh["item_vec"].values.tolist() == [[9.0, 9.0, 9.0]]
+        assert cache.invalidations == 1
+        # item_pop had no new run: still served from memory.
+        assert cache.hits >= 2
+    finally:
+        watcher.close()
 
 
 def test_a_new_registry_version_clears_everything(store: FeatureStore) -> None:
-    cache = _cache(store, poll_seconds=0)
+    cache = _cache(store)
     cache.lookup({"item_vec": [key(1)]})
     defs_file = store.repo_path / "features" / "defs.yaml"
     defs_file.write_text(defs_file.read_text().replace("  - name: user_stats", "  - name: user_stats\n    description: changed"))

@@ -129,7 +129,7 @@ def test_request_and_user_features(store: FeatureStore) -> None:
     np.testing.assert_allclose(prediction.scores, X @ w, rtol=1e-12)
     np.testing.assert_allclose(prediction.probabilities, 1 / (1 + np.exp(-(X @ w))), rtol=1e-12)
     assert "probability" in prediction.to_dict()["scores"][0]
-    with pytest.raises(UserError, match="needs request feature\\(s\\) hour"):
+    with pytest.raises(UserError, match="`request_features` lacks hour, needed by model 'ctx'"):
         store.predict("ctx", {"user_id": 2}, items)
     # No user features stored for user 42: nothing can be scored.
     assert store.predict("ctx", {"user_id": 42}, items, request_features={"hour": 1}).statuses == ["not_found"] * 3
@@ -193,7 +193,7 @@ def test_json_body_matches_the_result_for_every_key_kind() -> None:
 
 
 def test_column_blocks_are_slices_when_contiguous() -> None:
-    from featurestore.models.serving import _columns
+    from featurestore.models.plan import _columns
 
     assert _columns([3, 4, 5]) == slice(3, 6)
     assert _columns([0, 2]).tolist() == [0, 2]

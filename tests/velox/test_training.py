@@ -15,7 +15,7 @@ from sklearn.linear_model import Ridge
 from featurestore import FeatureStore
 from featurestore.models.state_codec import decode_state
 from featurestore.models.state_store import ModelLayout, ModelStateStore
-from featurestore.models.training import read_artifact, restore_version
+from featurestore.models.artifacts import read_artifact, restore_version
 from registry.errors import ConfigError, DataError, NotFoundError
 from tests.velox.conftest import ITEMS, fake_export, item_x, key, labels, make_store
 
@@ -179,7 +179,7 @@ def test_activate_restores_a_version_whose_online_state_is_gone(store: FeatureSt
     store.activate_model("taste", 1)
     assert store.model_versions.active_versions() == {"taste": 1}
     np.testing.assert_array_equal(ModelStateStore(store.online_store, "taste", 1).get_state(key(1)).w, expected)
-    assert restore_version(store, "taste", 1) is False  # present now: nothing to do
+    assert restore_version(store.context, "taste", 1) is False  # present now: nothing to do
 
 
 def test_no_rows_left_is_a_clear_error(store: FeatureStore) -> None:

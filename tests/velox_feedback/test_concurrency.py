@@ -14,7 +14,7 @@ import pytest
 
 from featurestore import FeatureStore
 from featurestore.feedback import replay
-from featurestore.feedback_log import FeedbackLog
+from featurestore.feedback.log import FeedbackLog
 from featurestore.online.memory import MemoryOnlineStore
 from tests.velox.conftest import item_x, key
 from tests.velox_feedback.conftest import (
@@ -90,7 +90,7 @@ def _run_two_processes(store: FeatureStore, online: dict[str, Any]) -> int:
         scores = predictor.predict("taste", {"user_id": u}, [{"item_id": 1}, {"item_id": 2}]).scores
         np.testing.assert_allclose(scores, [item_x(1) @ final.w, item_x(2) @ final.w], rtol=1e-12)
     # The live states are what a replay of the log rebuilds (up to the rounding of the order).
-    check = replay(store, "taste", write=False)
+    check = replay(store.context, "taste", write=False)
     assert (check.observations, check.mismatched) == (2 * PER_WORKER, 0) and check.max_weight_diff < 1e-9
     return total_retries
 

@@ -18,8 +18,8 @@ import numpy as np
 
 from featurestore import FeatureStore
 from featurestore.feedback import replay
-from featurestore.feedback_log import FeedbackLog
-from featurestore.models.training import read_artifact
+from featurestore.feedback.log import FeedbackLog
+from featurestore.models.artifacts import read_artifact
 from featurestore.online.memory import MemoryOnlineStore
 from tests.velox.conftest import key
 from tests.velox_feedback.conftest import (
@@ -125,10 +125,10 @@ def test_sigkill_loses_no_acknowledged_observation_and_replay_rebuilds(tmp_path:
             expected[u] = apply_sequentially(start, np.stack([o.features for o in mine]), np.array([o.label for o in mine]))
             if not any(o.feedback_id in in_flight for o in mine):
                 assert_same_state(state(store, key(u)), expected[u])  # live == log, to rounding
-        replay(store, "taste")
+        replay(store.context, "taste")
         for u in USERS:
             assert_same_state(state(store, key(u)), expected[u])
-        check = replay(store, "taste", write=False)
+        check = replay(store.context, "taste", write=False)
         assert (check.observations, check.mismatched) == (len(rows), 0)
     finally:
         if "predictor" in store.__dict__:

@@ -9,7 +9,7 @@ import pytest
 
 from featurestore import FeatureStore
 from featurestore.feedback import model_status
-from featurestore.feedback_log import FeedbackLog
+from featurestore.feedback.log import FeedbackLog
 from featurestore.models.state_store import ModelStateStore
 from tests.velox.conftest import item_x, key
 from tests.velox_feedback.conftest import state
@@ -51,7 +51,7 @@ def test_predictions_before_learning_in_the_log_the_counters_and_the_status(trai
         if "predictor" in other.__dict__:
             other.predictor.close()
         other.close()
-    status = model_status(trained, "taste", min_observations=1)
+    status = model_status(trained.context, "taste", min_observations=1)
     assert (status.version, status.loss_name, status.overall.count) == (2, "squared_error", 4)
     all_personal = np.append(personal, item_x(6) @ before)
     all_y = np.append(y, 3.0)
@@ -64,7 +64,7 @@ def test_predictions_before_learning_in_the_log_the_counters_and_the_status(trai
 
 def test_stale_when_recent_loss_exceeds_training_loss_by_the_margin(trained: FeatureStore) -> None:
     training = trained.model_versions.get("taste", 2).metrics["loss"]
-    status = model_status(trained, "taste", window=10, min_observations=10)
+    status = model_status(trained.context, "taste", window=10, min_observations=10)
     assert (status.recent.count, status.stale) == (0, False)
     assert status.threshold == pytest.approx(training * 1.5)  # stale_margin: 0.5 in the conftest
 
@@ -75,9 +75,9 @@ def test_stale_when_recent_loss_exceeds_training_loss_by_the_margin(trained: Fea
             trained.feedback("taste", {"user_id": 3}, {"item_id": item}, float(item_x(item) @ w) + offset, f"{prefix}{k}")
 
     send("exact", 0.0, 12)  # labels equal to what the user was predicted: loss 0
-    assert not model_status(trained, "taste", window=10, min_observations=10).stale
+    assert not model_status(trained.context, "taste", window=10, min_observations=10).stale
     send("off", 3.0, 10)
-    status = model_status(trained, "taste", window=10, min_observations=10)
+    status = model_status(trained.context, "taste", window=10, min_observations=10)
     assert status.stale and status.recent.personalised > status.threshold
     # Too few recent observations never flag.
-    assert not model_status(trained, "taste", window=10, min_observations=1_000).stale
+    assert not model_status(trained.context, "taste", window=10, min_observations=1_000).stale

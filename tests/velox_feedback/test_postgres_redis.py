@@ -11,7 +11,7 @@ import pytest
 
 from featurestore import FeatureStore
 from featurestore.feedback import model_status, replay
-from featurestore.feedback_export import export_feedback, read_feedback_view
+from featurestore.feedback.export import export_feedback, read_feedback_view
 from tests.velox.conftest import fake_export, fill, labels
 from tests.velox_feedback.conftest import DEFS
 
@@ -56,17 +56,17 @@ def test_feedback_on_postgres_and_redis(store: FeatureStore) -> None:
     ]
     assert store.feedback_many(clicks).new == 10
 
-    taste = model_status(store, "taste", min_observations=1)
+    taste = model_status(store.context, "taste", min_observations=1)
     losses = store.feedback_service.losses()
     for name, summary in (("all", taste.overall), ("device=web", taste.slices["device=web"])):
         acc = losses[("taste", 1, "personalised", name)]
         assert summary.count == acc.count and summary.personalised == pytest.approx(acc.mean, rel=1e-9)
-    ctx = model_status(store, "ctx", min_observations=1)
+    ctx = model_status(store.context, "ctx", min_observations=1)
     assert ctx.loss_name == "log_loss" and ctx.overall.count == 10
     assert ctx.overall.personalised == pytest.approx(losses[("ctx", 1, "personalised", "all")].mean, rel=1e-9)
 
-    assert export_feedback(store, "taste").rows == 50
-    view = read_feedback_view(store, "taste")
+    assert export_feedback(store.context, "taste").rows == 50
+    view = read_feedback_view(store.context, "taste")
     assert view is not None and sorted(view["feedback_id"].to_pylist()) == sorted(o["feedback_id"] for o in batch)
-    check = replay(store, "taste", write=False)
+    check = replay(store.context, "taste", write=False)
     assert (check.observations, check.changed) == (50, 0)

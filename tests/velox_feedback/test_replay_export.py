@@ -16,16 +16,15 @@ import pytest
 from featurestore import FeatureStore
 from featurestore.cli.main import main
 from featurestore.feedback import replay
-from featurestore.feedback_export import (
+from featurestore.feedback.export import (
     LABELS_FILE,
     export_feedback,
-    feedback_dir,
     read_feedback_view,
 )
-from featurestore.feedback_log import FeedbackLog
+from featurestore.feedback.log import FeedbackLog
 from featurestore.models.state_codec import encode_state
 from featurestore.models.state_store import state_namespace
-from online_server.feedback import launch_retrain
+from featurestore.feedback.maintenance import launch_retrain
 from tests.velox.conftest import ITEMS, fill, key, labels, make_store
 from tests.velox.test_models_cli import T0, _write_offline
 from tests.velox_feedback.conftest import AUTO_DEFS, DEFS, state
@@ -45,44 +44,44 @@ def _feedback(store: FeatureStore, n: int, *, prefix: str = "f", offset: float =
 def test_replay_rebuilds_the_states_after_the_online_store_lost_them(trained: FeatureStore) -> None:
     _feedback(trained, 30)
     live = {u: encode_state(state(trained, key(u))) for u in (1, 2, 3, 4)}
-    assert replay(trained, "taste", write=False).changed == 0
+    assert replay(trained.context, "taste", write=False).changed == 0
     trained.online_store.delete_namespace(state_namespace("taste", 2))  # "Redis was flushed"
-    result = replay(trained, "taste")
+    result = replay(trained.context, "taste")
     assert result.restored and result.observations == 30 and result.users == 4
     # Same observations in the same order as they were learned live: the same bytes.
     assert {u: encode_state(state(trained, key(u))) for u in (1, 2, 3, 4)} == live
-    assert replay(trained, "taste").changed == 0
+    assert replay(trained.context, "taste").changed == 0
 
 
 def test_the_offline_view_is_written_from_the_log_idempotently(trained: FeatureStore, capsys: pytest.CaptureFixture[str]) -> None:
     _feedback(trained, 260, step_minutes=7)  # two days
     trained.feedback("ctx", {"user_id": 1}, {"item_id": 3}, 1, "c1", request_features={"hour": 13.0})
-    first = export_feedback(trained, "taste", block_rows=100)
+    first = export_feedback(trained.context, "taste", block_rows=100)
     assert (first.rows, first.sealed_through, first.horizon) == (260, 200, 260)
-    directory = feedback_dir(trained, "taste")
+    directory = trained.context.feedback_dir("taste")
     files = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*.parquet"))
     assert files[0] == "date=2023-11-14/seq-000000000001-000000000100.parquet"
     assert {f.split("/")[1] for f in files} == {f"seq-{lo:012d}-{lo + 99:012d}.parquet" for lo in (1, 101, 201)}
-    view = read_feedback_view(trained, "taste")
+    view = read_feedback_view(trained.context, "taste")
     assert view is not None and view.num_rows == 260
     assert view["feedback_id"].to_pylist() == [f"f{k}" for k in range(260)]
     assert view.schema.field("user_id").type == "int64" and view.schema.field("rating").type == "double"
     assert str(view.schema.field("event_timestamp").type) == "timestamp[us, tz=UTC]"
     before = {f: pq.read_table(directory / f) for f in files}
     # Re-running, or losing the watermark (a crash before it was written), rewrites the same files.
-    export_feedback(trained, "taste", block_rows=100)
+    export_feedback(trained.context, "taste", block_rows=100)
     (directory / "_export.json").unlink()
-    assert export_feedback(trained, "taste", block_rows=100).rows == 260
+    assert export_feedback(trained.context, "taste", block_rows=100).rows == 260
     assert {f: pq.read_table(directory / f) for f in files} == before
     _feedback(trained, 5, prefix="g")
     assert main(["-r", str(trained.repo_path), "models", "export-feedback", "taste"]) == 1  # other block size
     assert "blocks of 100 rows" in capsys.readouterr().err
-    export_feedback(trained, "taste", block_rows=100)
-    view = read_feedback_view(trained, "taste")
+    export_feedback(trained.context, "taste", block_rows=100)
+    view = read_feedback_view(trained.context, "taste")
     assert view is not None and view.num_rows == 265 and len(set(view["feedback_id"].to_pylist())) == 265
     # A model with request features gets them back as columns, from the logged x.
-    export_feedback(trained, "ctx")
-    ctx = read_feedback_view(trained, "ctx")
+    export_feedback(trained.context, "ctx")
+    ctx = read_feedback_view(trained.context, "ctx")
     assert ctx is not None and ctx["hour"].to_pylist() == [13.0] and ctx["clicked"].to_pylist() == [1.0]
 
 
@@ -113,7 +112,7 @@ def test_retrain_on_labels_plus_feedback_from_cli_status_and_server(repo: Path, 
         assert saved.num_rows == 240  # the original labels only: feedback comes from the log
 
         # Feedback far off what the model predicts: stale; auto_retrain makes `status` retrain.
-        store.predictor.refresh()  # what its next poll (within a second) does: version 2 is active
+        store.watcher.refresh()  # what its next tick (within a second) does: version 2 is active
         _feedback(store, 30, prefix="off", offset=25.0)
         assert main(["-r", r, "models", "status", "taste", "--min-observations", "20", "--no-retrain", "--json"]) == 0
         status = json.loads(capsys.readouterr().out)
@@ -127,7 +126,7 @@ def test_retrain_on_labels_plus_feedback_from_cli_status_and_server(repo: Path, 
         assert "Status: ok." in capsys.readouterr().out  # nothing logged for version 3 yet
 
         # The server's way: a subprocess, launched once per stale version.
-        assert launch_retrain(store, "taste", 3) and not launch_retrain(store, "taste", 3)
+        assert launch_retrain(store.context, "taste", 3) and not launch_retrain(store.context, "taste", 3)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(store.model_versions.list("taste")) < 4:
             time.sleep(0.2)

@@ -8,7 +8,7 @@ import pytest
 
 from featurestore import FeatureStore
 from featurestore.feedback import FeedbackInput
-from featurestore.feedback_log import FeedbackLog
+from featurestore.feedback.log import FeedbackLog
 from featurestore.models.linear import learn_one
 from featurestore.models.state_codec import decode_state, encode_state
 from featurestore.models.state_store import ModelStateStore
@@ -83,7 +83,7 @@ def test_a_batch_accepts_the_good_ones_and_says_why_not_the_others(trained: Feat
     assert "was made for user '1'" in reasons[4][1]
     assert "must be 0 or 1" in reasons[5][1]
     assert "missing features" in reasons[6][1] and "item_pop" in reasons[6][1]
-    assert "needs request feature 'hour'" in reasons[9][1]
+    assert "lacks hour, needed by model 'ctx'" in reasons[9][1]
     assert [o.feedback_id for o in logged(trained)] == ["ok-0", "ok-11"]
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from featurestore.feedback import BatchStateCodec, local_rows
+from featurestore.models.linear import local_rows
+from featurestore.models.state_codec import BatchStateCodec
 from featurestore.models.linear import StateBatch, fit_users, learn_many, new_user_state
 from featurestore.models.state_codec import decode_state, encode_state
 from registry.errors import DataError

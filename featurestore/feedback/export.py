@@ -45,7 +45,7 @@ from featurestore.online.codec import decode_entity_key
 from registry.errors import DataError, NotFoundError
 
 if TYPE_CHECKING:
-    from featurestore.store import FeatureStore
+    from featurestore.context import ServiceContext
 
 BLOCK_ROWS = 100_000
 STATE_FILE = "_export.json"
@@ -70,16 +70,12 @@ class ExportResult:
         )
 
 
-def feedback_dir(store: FeatureStore, model: str) -> Path:
-    return store.config.offline_path / store.project / "_feedback" / model
-
-
 def export_feedback(
-    store: FeatureStore, model: str, *, delay_seconds: float = 0.0, block_rows: int = BLOCK_ROWS
+    context: ServiceContext, model: str, *, delay_seconds: float = 0.0, block_rows: int = BLOCK_ROWS
 ) -> ExportResult:
     """Bring the offline view of ``model``'s feedback up to date from the log (idempotent).
 
-    >>> export_feedback(store, "taste").files  # doctest: +SKIP
+    >>> export_feedback(store.context, "taste").files  # doctest: +SKIP
     1
     """
     import sqlalchemy as sa
@@ -87,8 +83,8 @@ def export_feedback(
     from featurestore.offline.layout import write_atomic
     from registry import tables as t
 
-    spec = store.definitions().get("model", model)
-    directory = feedback_dir(store, model)
+    spec = context.definitions().get("model", model)
+    directory = context.feedback_dir(model)
     state = _read_state(directory)
     sealed = int(state.get("sealed_through", 0))
     if state.get("block_rows", block_rows) != block_rows:
@@ -98,25 +94,25 @@ def export_feedback(
         )
     f = t.feedback
     cutoff = datetime.now(timezone.utc) - timedelta(seconds=delay_seconds)
-    with store.registry.engine.connect() as conn:
+    with context.engine.connect() as conn:
         horizon = conn.execute(
             sa.select(sa.func.max(f.c.seq)).where(
-                f.c.project == store.project, f.c.model == model, f.c.seq > sealed, f.c.received_at <= cutoff
+                f.c.project == context.project, f.c.model == model, f.c.seq > sealed, f.c.received_at <= cutoff
             )
         ).scalar()
     if horizon is None:
         return ExportResult(model, 0, 0, sealed, sealed)
     horizon = int(horizon)
-    columns = _Columns(store, spec)
+    columns = _Columns(context, spec)
     rows = files = 0
     for block in range(sealed // block_rows, (horizon - 1) // block_rows + 1):
         lo, hi = block * block_rows + 1, (block + 1) * block_rows
-        with store.registry.engine.connect() as conn:
+        with context.engine.connect() as conn:
             result = conn.execute(
                 sa.select(f.c.seq, f.c.feedback_id, f.c.model_version, f.c.user_key, f.c.item_key, f.c.label,
                           f.c.event_ts, f.c.prediction_id, f.c.prediction, f.c.baseline, f.c.slice,
                           *([f.c.features] if columns.request else []))
-                .where(f.c.project == store.project, f.c.model == model, f.c.seq >= lo, f.c.seq <= min(hi, horizon))
+                .where(f.c.project == context.project, f.c.model == model, f.c.seq >= lo, f.c.seq <= min(hi, horizon))
                 .order_by(f.c.seq)
             ).all()
         if result:
@@ -133,11 +129,11 @@ def export_feedback(
     return ExportResult(model, rows, files, sealed, horizon)
 
 
-def read_feedback_view(store: FeatureStore, model: str) -> pa.Table | None:
+def read_feedback_view(context: ServiceContext, model: str) -> pa.Table | None:
     """Every exported feedback row of ``model`` (None when nothing was exported)."""
     import pyarrow.dataset as ds
 
-    directory = feedback_dir(store, model)
+    directory = context.feedback_dir(model)
     if not directory.is_dir() or not any(directory.glob("date=*/*.parquet")):
         return None
     # The date directories are a layout detail: event_timestamp holds the full time.
@@ -148,11 +144,11 @@ def read_feedback_view(store: FeatureStore, model: str) -> pa.Table | None:
 # -- labels for (re)training --------------------------------------------------------------------
 
 
-def save_training_labels(store: FeatureStore, model: str, version: int, labels: Any, timestamp_column: str) -> Path:
+def save_training_labels(context: ServiceContext, model: str, version: int, labels: Any, timestamp_column: str) -> Path:
     """Keep a copy of the labels a version was trained on beside its artifact, so ``models
     retrain`` can re-train on them plus the logged feedback. The timestamp is renamed
     ``event_timestamp`` (an older column of that name is dropped)."""
-    from featurestore.models.training import artifact_dir, read_labels
+    from featurestore.models.training import read_labels
     from featurestore.offline.layout import write_atomic
 
     table = read_labels(labels)
@@ -160,22 +156,20 @@ def save_training_labels(store: FeatureStore, model: str, version: int, labels: 
         if EVENT_TS in table.column_names:
             table = table.drop_columns([EVENT_TS])
         table = table.rename_columns([EVENT_TS if c == timestamp_column else c for c in table.column_names])
-    target = artifact_dir(store, model, version) / LABELS_FILE
+    target = context.artifact_dir(model, version) / LABELS_FILE
     write_atomic(table, target)
     return target
 
 
-def training_labels(store: FeatureStore, model: str, version: int) -> pa.Table | None:
+def training_labels(context: ServiceContext, model: str, version: int) -> pa.Table | None:
     """The labels saved with a version by ``save_training_labels``, None if there are none."""
     import pyarrow.parquet as pq
 
-    from featurestore.models.training import artifact_dir
-
-    path = artifact_dir(store, model, version) / LABELS_FILE
+    path = context.artifact_dir(model, version) / LABELS_FILE
     return pq.read_table(path) if path.is_file() else None
 
 
-def retrain_labels(store: FeatureStore, model: str, original: pa.Table, *, features_after: datetime | None = None) -> pa.Table:
+def retrain_labels(context: ServiceContext, model: str, original: pa.Table, *, features_after: datetime | None = None) -> pa.Table:
     """The original labels plus every exported feedback row of ``model``, in one schema:
     join keys, the label, the request features and ``event_timestamp``.
 
@@ -184,8 +178,8 @@ def retrain_labels(store: FeatureStore, model: str, original: pa.Table, *, featu
     every row joins the re-learned features, as served from now on — the features of a row's own
     time would be the old ones, in another basis (see docs/feedback.md, retraining).
     """
-    spec = store.definitions().get("model", model)
-    cols = _Columns(store, spec)
+    spec = context.definitions().get("model", model)
+    cols = _Columns(context, spec)
     needed = [*cols.user_names, *cols.item_names, spec.label, *cols.request, EVENT_TS]
     missing = [c for c in needed if c not in original.column_names]
     if missing:
@@ -195,7 +189,7 @@ def retrain_labels(store: FeatureStore, model: str, original: pa.Table, *, featu
         )
     schema = pa.schema([(name, typ) for name, typ in cols.schema() if name in needed])
     parts = [_conform(original.select(needed), schema)]
-    feedback = read_feedback_view(store, model)
+    feedback = read_feedback_view(context, model)
     if feedback is not None and feedback.num_rows:
         parts.append(_conform(feedback.select(needed), schema))
     table = pa.concat_tables(parts)
@@ -212,9 +206,9 @@ def retrain_labels(store: FeatureStore, model: str, original: pa.Table, *, featu
 class _Columns:
     """How log rows of one model become the view's columns."""
 
-    def __init__(self, store: FeatureStore, spec: Any) -> None:
-        defs = store.definitions()
-        self.store = store
+    def __init__(self, context: ServiceContext, spec: Any) -> None:
+        defs = context.definitions()
+        self.context = context
         self.spec = spec
         self.label = spec.label
         user_entity = defs.get("entity", spec.user_entity)
@@ -267,14 +261,13 @@ class _Columns:
     def _request_offset(self, version: int) -> int | None:
         """Where the request features sit in x of ``version`` (None: that layout lacks them)."""
         if version not in self._offsets:
+            from featurestore.models.artifacts import read_artifact
             from featurestore.models.state_store import ModelStateStore
 
             try:
-                layout = ModelStateStore(self.store.online_store, self.spec.name, version).layout()
+                layout = ModelStateStore(self.context.online_store, self.spec.name, version).layout()
             except NotFoundError:
-                from featurestore.models.training import read_artifact
-
-                recorded = self.store.model_versions.get(self.spec.name, version)
+                recorded = self.context.model_versions.get(self.spec.name, version)
                 layout = read_artifact(Path(recorded.artifact))[1]
             start = layout.item_width + layout.user_width
             self._offsets[version] = start if list(layout.request) == self.request else None

@@ -1,0 +1,134 @@
+"""One watcher per process over the registry database: it publishes an immutable snapshot.
+
+Serving code must never parse YAML or run SQL on a request's time. Three things it needs change
+rarely and are changed by other processes: the applied definitions (``apply``), the active
+version of each model (``models activate``, ``rollback``) and the newest materialization run of
+each view (the feature cache drops a view's rows when a newer run is recorded). The watcher
+reads all three, at most once per ``interval`` seconds, on a daemon thread of its own, and
+swaps in a new ``RegistrySnapshot``; a request reads the ``snapshot`` attribute and nothing
+else. Definitions are re-read only when the head version moved.
+
+``interval <= 0`` means "always fresh": every read of ``snapshot`` refreshes in the caller's
+thread (tests, and short CLI runs that must see their own writes at once). A write made by this
+process (``apply``, ``train``, ``activate``) calls ``refresh()`` so its effect is visible to the
+same process at once; other processes see it within ``interval``.
+
+A failed background refresh keeps the last snapshot (serving goes on with what it had; the
+server's ``/health`` reports the registry as down) and is retried at the next tick.
+
+>>> watcher = RegistryWatcher(registry, model_versions, run_log, interval=1.0)  # doctest: +SKIP
+>>> watcher.snapshot.definitions.feature_views  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from registry.definitions import Definitions
+
+if TYPE_CHECKING:
+    from registry.model_versions import ModelVersions
+    from registry.runs import MaterializationLog
+    from registry.sql_registry import SqlRegistry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RegistrySnapshot:
+    """What the registry said at ``taken_at`` (``time.monotonic()``): never mutated."""
+
+    version: int
+    definitions: Definitions
+    active_models: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    run_ids: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    taken_at: float = float("-inf")
+
+
+EMPTY = RegistrySnapshot(-1, Definitions())
+
+
+class RegistryWatcher:
+    """Keeps ``snapshot`` at most ``interval`` seconds behind the registry database."""
+
+    def __init__(
+        self,
+        registry: SqlRegistry,
+        model_versions: ModelVersions,
+        run_log: MaterializationLog,
+        interval: float = 1.0,
+    ) -> None:
+        self._registry = registry
+        self._model_versions = model_versions
+        self._run_log = run_log
+        self.interval = interval
+        self._snapshot = EMPTY
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    @property
+    def snapshot(self) -> RegistrySnapshot:
+        """The newest snapshot; the first read loads it (and starts the watching thread)."""
+        current = self._snapshot
+        if current is EMPTY or self.interval <= 0:
+            return self.refresh()
+        if self._thread is None or self._pid != os.getpid():
+            self._start()
+        return current
+
+    @property
+    def version(self) -> int:
+        """The registry version of the snapshot (-1 before the first read)."""
+        return self._snapshot.version
+
+    def refresh(self, force: bool = False) -> RegistrySnapshot:
+        """Read the registry now and publish the result; ``force`` reloads the definitions even
+        when the head version did not move."""
+        with self._lock:
+            old = self._snapshot
+            head = self._registry.head_version()
+            definitions = old.definitions
+            if force or head != old.version:
+                definitions = self._registry.definitions(head)
+            new = RegistrySnapshot(
+                version=head,
+                definitions=definitions,
+                active_models=MappingProxyType(self._model_versions.active_versions()),
+                run_ids=MappingProxyType(self._run_log.latest_run_ids()),
+                taken_at=time.monotonic(),
+            )
+            self._snapshot = new
+            return new
+
+    def close(self) -> None:
+        """Stop the watching thread (the last snapshot stays readable)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
+    def _start(self) -> None:
+        with self._lock:
+            # After a fork the parent's thread does not exist in the child: start another.
+            if self._thread is not None and self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._run, name="registry-watcher", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.refresh()
+            except Exception as exc:  # noqa: BLE001 - keep the last snapshot; retry next tick
+                logger.warning("registry refresh failed (serving the last snapshot): %s", exc)

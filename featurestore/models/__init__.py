@@ -8,6 +8,7 @@ that learns item features, and running losses. Pure numpy.
 """
 
 from featurestore.models.als import AlsResult, als_factorize
+from featurestore.models.fitting import fit_average, fit_users
 from featurestore.models.linear import (
     OBJECTIVES,
     Objective,
@@ -15,8 +16,6 @@ from featurestore.models.linear import (
     UserState,
     design_matrix,
     exact_solution,
-    fit_average,
-    fit_users,
     learn_many,
     learn_one,
     new_user_state,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from featurestore.models.linear import grouped_moments
+from featurestore.models.fitting import grouped_moments
 from registry.errors import ConfigError, DataError, NotFoundError
 
 

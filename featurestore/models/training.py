@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from featurestore.models.artifacts import write_artifact
-from featurestore.models.linear import UserState, fit_average, fit_users, sigmoid
+from featurestore.models.fitting import fit_average, fit_users
+from featurestore.models.linear import UserState, sigmoid
 from featurestore.models.metrics import RunningLoss
 from featurestore.models.state_store import ModelLayout, ModelStateStore
 from featurestore.online.codec import encode_entity_keys

@@ -10,12 +10,11 @@ from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression, Ridge
 
 from featurestore.models import linear
+from featurestore.models.fitting import fit_average, fit_users
 from featurestore.models.linear import (
     StateBatch,
     design_matrix,
     exact_solution,
-    fit_average,
-    fit_users,
     learn_many,
     learn_one,
     new_user_state,

@@ -7,7 +7,8 @@ import pytest
 
 from featurestore.models.linear import local_rows
 from featurestore.models.state_codec import BatchStateCodec
-from featurestore.models.linear import StateBatch, fit_users, learn_many, new_user_state
+from featurestore.models.fitting import fit_users
+from featurestore.models.linear import StateBatch, learn_many, new_user_state
 from featurestore.models.state_codec import decode_state, encode_state
 from registry.errors import DataError
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -79,3 +80,50 @@ def row(label: str, ours: float, ref: float, unit: str, higher_is_better: bool =
     ratio = ours / ref if ref else float("nan")
     note = "ours/ref" if not higher_is_better else "ours/ref (higher is better)"
     return f"  {label:38} ours {ours:10.3f} {unit:6} ref {ref:10.3f} {unit:6} ratio {ratio:5.2f}  ({note})"
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every descendant (server workers are children of the launcher)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid`` and its live descendants."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / ticks
+
+
+def tree_peak_rss_mb(pid: int) -> float:
+    """Sum over ``pid`` and its descendants of each process's peak resident memory (VmHWM)."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024

@@ -9,9 +9,13 @@ lookup a prediction replaces). Also the in-process ``FeatureStore.predict`` for 
 Goals: p99 < 10 ms (100 items) and < 25 ms (1,000 items); predict costing at most 1.5x the
 feature lookup of the same items.
 
-    python3 bench/bench_predict.py                 # 100,000 users, 10,000 items, d = 16 and 64
+    python3 bench/bench_predict.py                 # 100,000 users, 10,000 items, d = 16, 100 items
     python3 bench/bench_predict.py --quick         # 10,000 users, 2,000 items, shorter runs
-    python3 bench/bench_predict.py --dims 16 --connections 8
+    python3 bench/bench_predict.py --dims 16,64 --sizes 100,1000 --workers 1,2 --connections 8,32
+
+The HTTP cases run for each worker count (default 1 and 2) and each load (default wrk -c8 and
+-c32): /predict and /features interleaved in the same run, their ratio, and the server's CPU
+seconds per 1,000 requests (all its processes) and peak memory beside the latency.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import pyarrow as pa
 
-from bench._common import OUT, delete_redis_project, row, run_wrk, summary_ms
+from bench._common import OUT, delete_redis_project, row, run_wrk, summary_ms, tree_cpu_seconds, tree_peak_rss_mb
 from bench.bench_online import free_port, wait_up
 from featurestore import FeatureStore
 from featurestore.models.linear import UserState
@@ -84,7 +88,7 @@ def build(root: Path, d: int, users: int, items: int, redis_url: str) -> Feature
     layout = ModelLayout.from_spec(defs, defs.models["taste"])
     assert layout.d == d
     version = store.model_versions.add(
-        "taste", registry_version=store.watcher.version, data_start=None, data_end=None,
+        "taste", registry_version=store.registry.head_version(), data_start=None, data_end=None,
         metrics={"bench": True}, activate=False,
     ).version
     states = ModelStateStore(online, "taste", version)
@@ -149,48 +153,63 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def http_cases(root: Path, users: int, items: int, sizes: list[int], seconds: int, connections: int) -> None:
+def http_cases(
+    root: Path, users: int, items: int, sizes: list[int], seconds: int, connections: list[int], workers: list[int]
+) -> None:
+    """For each worker count and load: /predict and /features of the same items, interleaved,
+    with the server's CPU seconds per 1,000 requests and its peak memory (all workers)."""
     if shutil.which("wrk") is None:
         print("  (HTTP skipped: wrk is not installed; `apt-get install wrk`)")
         return
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    port = free_port()
-    cmd = [sys.executable, "-m", "featurestore.cli.main", "-r", str(root), "serve", "--port", str(port), "--workers", "1"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_up(port)
-        time.sleep(1.0)
-        for n in sizes:
-            predict_bodies, feature_bodies = bodies_for(users, items, n)
-            p_script = lua_script(OUT / f"predict_{n}.lua", "/predict", predict_bodies)
-            f_script = lua_script(OUT / f"predict_features_{n}.lua", "/features", feature_bodies)
-            run_wrk(port, p_script, 2, connections)  # warm: every item of the bodies cached
-            run_wrk(port, f_script, 2, connections)
-            ours = run_wrk(port, p_script, seconds, connections)
-            ref = run_wrk(port, f_script, seconds, connections)
-            goal = 10.0 if n <= 100 else 25.0
-            cost = ref["rps"] / ours["rps"] if ours["rps"] else float("inf")
-            print(f" HTTP, {n} candidate items, 1 worker, wrk -t1 -c{connections} -d{seconds}s; ref: POST /features of the same items")
-            print(row("requests/s", ours["rps"], ref["rps"], "req/s", higher_is_better=True))
-            print(row("p50", ours["p50"], ref["p50"], "ms"))
-            print(row("p99", ours["p99"], ref["p99"], "ms"))
-            print(f"  goals: p99 {ours['p99']:.2f} ms < {goal:.0f} ms: {verdict(ours['p99'] < goal)}; "
-                  f"cost vs /features (throughput) {cost:.2f}x <= 1.5x: {verdict(cost <= 1.5)}")
-    finally:
-        proc.terminate()
+    for w in workers:
+        port = free_port()
+        cmd = [sys.executable, "-m", "featurestore.cli.main", "-r", str(root), "serve", "--port", str(port), "--workers", str(w)]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            wait_up(port)
+            time.sleep(1.0)
+            for n in sizes:
+                predict_bodies, feature_bodies = bodies_for(users, items, n)
+                p_script = lua_script(OUT / f"predict_{n}.lua", "/predict", predict_bodies)
+                f_script = lua_script(OUT / f"predict_features_{n}.lua", "/features", feature_bodies)
+                run_wrk(port, p_script, 2, max(connections))  # warm: every item of the bodies cached
+                run_wrk(port, f_script, 2, max(connections))
+                for c in connections:
+                    ours = _measured(proc.pid, port, p_script, seconds, c)
+                    ref = _measured(proc.pid, port, f_script, seconds, c)
+                    ratio = ours["rps"] / ref["rps"] if ref["rps"] else 0.0
+                    print(f" HTTP /predict, {n} candidate items, {w} worker(s), wrk -t1 -c{c} -d{seconds}s; "
+                          "ref: POST /features of the same items")
+                    print(row("requests/s", ours["rps"], ref["rps"], "req/s", higher_is_better=True))
+                    print(row("p50", ours["p50"], ref["p50"], "ms"))
+                    print(row("p99", ours["p99"], ref["p99"], "ms"))
+                    print(row("server CPU per 1,000 requests", ours["cpu_per_k"], ref["cpu_per_k"], "s"))
+                    print(f"  /predict at {ratio:.2f}x the req/s of /features; server peak RSS {tree_peak_rss_mb(proc.pid):,.0f} MB")
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _measured(pid: int, port: int, script: Path, seconds: int, connections: int) -> dict[str, float]:
+    cpu = tree_cpu_seconds(pid)
+    result = run_wrk(port, script, seconds, connections)
+    used = tree_cpu_seconds(pid) - cpu
+    requests = result["rps"] * seconds
+    return {**result, "cpu_per_k": 1000 * used / requests if requests else float("nan")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10,000 users, 2,000 items, 3 s runs")
-    parser.add_argument("--dims", default="16,64")
-    parser.add_argument("--sizes", default="100,1000", help="candidate items per request")
-    parser.add_argument("--connections", type=int, default=4, help="concurrent wrk connections (the bounded load)")
+    parser.add_argument("--dims", default="16")
+    parser.add_argument("--sizes", default="100", help="candidate items per request")
+    parser.add_argument("--connections", default="8,32", help="concurrent wrk connections (the bounded loads)")
+    parser.add_argument("--workers", default="1,2", help="server worker processes")
     parser.add_argument("--seconds", type=int, default=None)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--no-http", action="store_true")
@@ -213,7 +232,8 @@ def main() -> None:
         store.predictor.close()
         store.close()
         if not args.no_http:
-            http_cases(root, users, items, sizes, seconds, args.connections)
+            http_cases(root, users, items, sizes, seconds, [int(c) for c in args.connections.split(",")],
+                       [int(w) for w in args.workers.split(",")])
         if not args.keep:
             delete_redis_project(args.redis_url, f"bench_predict_d{d}")
 

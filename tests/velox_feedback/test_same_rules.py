@@ -1,0 +1,83 @@
+"""/predict and /feedback check a user, an item and request features with one rule set: every bad
+input is refused by both, naming the same field, and nothing bad reaches the feedback log."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+from featurestore import FeatureStore
+from featurestore.feedback.log import FeedbackLog
+from featurestore.inputs import entity_key, entity_keys
+from featurestore.models.prediction_log import PredictionLog
+from registry.errors import InputError, UserError
+
+ITEMS = [{"item_id": i} for i in (1, 2, 3)]
+
+# (what is wrong, model, user, item, request features, the field both must name)
+BAD: list[tuple[str, str, Any, Any, Any, str]] = [
+    ("NaN request feature", "ctx", {"user_id": 1}, {"item_id": 1}, {"hour": math.nan}, "request_features.hour"),
+    ("infinite request feature", "ctx", {"user_id": 1}, {"item_id": 1}, {"hour": math.inf}, "request_features.hour"),
+    ("missing request feature", "ctx", {"user_id": 1}, {"item_id": 1}, {}, "request_features"),
+    ("bool request feature", "ctx", {"user_id": 1}, {"item_id": 1}, {"hour": True}, "request_features.hour"),
+    ("extra user key", "taste", {"user_id": 1, "region": "eu"}, {"item_id": 1}, None, "user.region"),
+    ("missing user key", "taste", {"uid": 1}, {"item_id": 1}, None, "user"),
+    ("int64 key out of range", "taste", {"user_id": 2**70}, {"item_id": 1}, None, "user"),
+    ("str for an int key", "taste", {"user_id": "7"}, {"item_id": 1}, None, "user"),
+    ("item not a mapping", "taste", {"user_id": 1}, [1], None, "item"),
+    ("extra item key", "taste", {"user_id": 1}, {"item_id": 1, "sku": 2}, None, "item.sku"),
+]
+
+
+@pytest.mark.parametrize(("what", "model", "user", "item", "given", "field"), BAD, ids=[b[0] for b in BAD])
+def test_predict_and_feedback_refuse_the_same_inputs(
+    trained: FeatureStore, what: str, model: str, user: Any, item: Any, given: Any, field: str
+) -> None:
+    with pytest.raises(InputError) as refused:
+        trained.predict(model, user, [item], request_features=given)
+    # The items of a prediction are a list: the item is `items.0` there, `item` in feedback.
+    in_predict = "items.0" + field[len("item"):] if field.startswith("item") else field
+    assert refused.value.field == in_predict
+    result = trained.feedback_many(
+        [{"model": model, "user": user, "item": item, "label": 1.0, "feedback_id": "bad", "request_features": given}]
+    )
+    assert result.new == 0 and [r.field for r in result.rejected] == [field]
+    assert not [o for batch in FeedbackLog(trained.registry.engine, trained.project).read(model) for o in batch]
+
+
+def test_the_vectorised_key_path_and_the_row_path_agree() -> None:
+    names, dtypes = ("item_id",), ("int64",)
+    rows = [{"item_id": v} for v in (0, -1, 2**63 - 1, -(2**63), 42)]
+    fast = entity_keys(names, dtypes, rows, "items", "item")
+    slow = [entity_key(names, dtypes, row, f"items.{i}", "item") for i, row in enumerate(rows)]
+    assert fast[0] == slow and fast[1] == [k.decode() for k in slow]
+    for bad, field in (([{"item_id": 1}, {"item_id": 2**63}], "items.1"), ([{"item_id": 1}, {"x": 1}], "items.1")):
+        with pytest.raises(InputError) as refused:
+            entity_keys(names, dtypes, bad, "items", "item")
+        assert refused.value.field == field
+
+
+def test_predict_async_gives_what_predict_gives(trained: FeatureStore) -> None:
+    sync = trained.predict("taste", {"user_id": 1}, ITEMS, k=2)
+    asynced = asyncio.run(trained.predictor.predict_async("taste", {"user_id": 1}, ITEMS, k=2))
+    np.testing.assert_array_equal(sync.scores, asynced.scores)
+    assert sync.order.tolist() == asynced.order.tolist() and sync.statuses == asynced.statuses
+    with pytest.raises(UserError, match="has no join key"):
+        asyncio.run(trained.predictor.predict_async("taste", {"uid": 1}, ITEMS))
+
+
+def test_prediction_ids_are_looked_up_in_one_query_and_waited_for_not_slept_on(trained: FeatureStore) -> None:
+    served = [trained.predict("taste", {"user_id": u}, ITEMS) for u in (1, 2, 3)]
+    trained.predictor.log.flush()
+    # A second log of the same project (another process, say) has none of them in memory.
+    other = PredictionLog(trained.registry.engine, trained.project)
+    try:
+        found = other.get_many([p.prediction_id for p in served] + ["nope"], wait_seconds=0.05)
+        assert [found[p.prediction_id].user_key for p in served] == ["1", "2", "3"]  # type: ignore[union-attr]
+        assert found["nope"] is None
+    finally:
+        other.close()

@@ -232,7 +232,7 @@ class FeatureStore:
         views afterwards (``featurestore jobs run`` does both)."""
         from featurestore.models.feature_job import run_feature_job
 
-        return run_feature_job(self, name)
+        return run_feature_job(self.context, name)
 
     def activate_model(self, model: str, version: int) -> None:
         """Make ``version`` the one served, reloading its state from its artifact if needed."""

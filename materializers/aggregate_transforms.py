@@ -20,6 +20,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
+from featurestore.sources import Interval
 from materializers.aggregates import (
     pane_partials,
     partial_schema,
@@ -28,7 +29,6 @@ from materializers.aggregates import (
     window_rows,
 )
 from materializers.schema import ViewSchema
-from materializers.sources import Interval
 
 _DAY_US = 86_400 * 1_000_000
 _EPOCH_DAY = date(1970, 1, 1)

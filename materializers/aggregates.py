@@ -35,9 +35,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from featurestore.arrow_types import arrow_type
+from featurestore.sources import ORDINAL
 from materializers.dedup import keep_latest
 from materializers.schema import CREATED_TS, EVENT_TS, TS_TYPE, ViewSchema
-from materializers.sources import ORDINAL
 
 PANE = "__pane"
 WINDOW_END = "__end"

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featurestore.offline import layout
+from featurestore.sources import EPOCH, Interval, SourceReader, open_source, utc
 from materializers.progress import ProgressDisplay, ViewSummary
-from materializers.sources import EPOCH, Interval, SourceReader, open_source, utc
 from registry.errors import FeatureStoreError, UserError
 from registry.types import parse_duration
 

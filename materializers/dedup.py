@@ -13,9 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from featurestore.sources import ORDINAL
 from materializers.convert import mask
 from materializers.schema import CREATED_TS, EVENT_TS, ViewSchema
-from materializers.sources import ORDINAL
 
 
 def keep_latest(table: pa.Table, keys: Sequence[str], order: Sequence[str]) -> pa.Table:

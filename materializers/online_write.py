@@ -22,11 +22,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from featurestore.sources import ORDINAL
 from materializers import progress
 from materializers.dedup import as_table, keep_latest
 from materializers.metrics import counter
 from materializers.schema import CREATED_TS, EVENT_TS, ViewSchema
-from materializers.sources import ORDINAL
 
 ENTITY_KEY = "__entity_key"
 

@@ -17,8 +17,8 @@ import pyarrow as pa
 
 from featurestore.arrow_types import arrow_type
 from featurestore.offline import layout
+from featurestore.sources import ORDINAL
 from featurestore.streams.schema import AggregateSpec, EventSchema
-from materializers.sources import ORDINAL
 from registry.definitions import Definitions
 from registry.errors import DataError
 from registry.types import parse_dtype

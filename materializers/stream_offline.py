@@ -27,9 +27,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from featurestore.offline import layout
+from featurestore.sources import ORDINAL
 from materializers.dedup import dedup_rows
 from materializers.schema import EVENT_TS, ViewSchema
-from materializers.sources import ORDINAL
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 

@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 from apache_beam.transforms.window import GlobalWindows
 
 from featurestore.offline import layout
+from featurestore.sources import Interval, SourceReader
 from materializers import progress
 from materializers.aggregate_transforms import AggregateByDate
 from materializers.convert import convert_column, to_timestamp
@@ -59,7 +60,6 @@ from materializers.schema import (
     check_source_schema,
     compatible,
 )
-from materializers.sources import Interval, SourceReader
 from materializers.validate import REASON, Validated, validate_batch
 
 __all__ = [

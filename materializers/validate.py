@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from featurestore.sources import ORDINAL, Interval
 from materializers.convert import convert_column, mask, nulls, to_timestamp
 from materializers.schema import CREATED_TS, EVENT_TS, TS_TYPE, ViewSchema, check_source_schema
-from materializers.sources import ORDINAL, Interval
 
 #: The column of a rejected row that says why.
 REASON = "reason"

@@ -1,7 +1,8 @@
 """Feature jobs: learn item features (the Velox θ) from interactions and write them as the
 Parquet source of a vector-valued feature view.
 
-A job of ``type: als`` reads (user, item, rating) from its source with DuckDB, factorises it with
+A job of ``type: als`` reads (user, item, rating) from its source (parquet, duckdb or postgres,
+through ``featurestore.sources``, the readers the batch job uses), factorises it with
 ``als_factorize`` and writes, atomically, one row per item to its ``output``:
 
     {item join key} | {vector feature}... | {timestamp_field} | {created_timestamp_field}
@@ -16,6 +17,8 @@ Materializing the views (``featurestore jobs run`` does it) puts the factors in 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,13 +29,14 @@ import pyarrow as pa
 
 from featurestore.arrow_types import arrow_type
 from featurestore.models.als import als_factorize
+from featurestore.sources import Interval, open_source
 from registry.errors import ConfigError, DataError
-from registry.spec import DuckDBSource, FeatureJobSpec, ParquetSource
+from registry.spec import FeatureJobSpec, ParquetSource
 from registry.types import parse_dtype
 
 if TYPE_CHECKING:
     from featurestore.config import RepoConfig
-    from featurestore.store import FeatureStore
+    from featurestore.context import ServiceContext
     from registry.definitions import Definitions
 
 
@@ -85,19 +89,19 @@ def views_fed_by(config: RepoConfig, defs: Definitions, job: FeatureJobSpec) -> 
     return [name for name, v in defs.feature_views.items() if v.source in sources]
 
 
-def run_feature_job(store: FeatureStore, name: str, *, now: datetime | None = None) -> FeatureJobResult:
+def run_feature_job(context: ServiceContext, name: str, *, now: datetime | None = None) -> FeatureJobResult:
     """Run one feature job on the applied definitions and write its output (no materialization;
     ``featurestore jobs run`` materializes the fed views afterwards).
 
-    >>> run_feature_job(store, "item_factors").views  # doctest: +SKIP
+    >>> run_feature_job(store.context, "item_factors").views  # doctest: +SKIP
     ('item_embedding',)
     """
-    store.registry_cache.refresh(force=True)
-    defs = store.definitions()
+    defs = context.watcher.refresh(force=True).definitions  # the latest applied, not a snapshot's
+    config = context.config
     job: FeatureJobSpec = defs.get("feature_job", name)
-    views = views_fed_by(store.config, defs, job)
+    views = views_fed_by(config, defs, job)
     target = _target(defs, job, views)
-    table, dropped = read_interactions(store.config, defs, job)
+    table, dropped = read_interactions(config, defs, job)
     if table.num_rows == 0:
         raise DataError(
             f"feature job {name!r}: source {job.source!r} has no interactions with a user, item and rating",
@@ -112,7 +116,7 @@ def run_feature_job(store: FeatureStore, name: str, *, now: datetime | None = No
     newest = pc.max(table["ts"]).as_py()
     created = now or datetime.now(timezone.utc)
     event_ts = _utc(newest) if newest is not None else created
-    output = _write_output(store.config, job, target, result.item_ids, result.item_factors, event_ts, created)
+    output = _write_output(config, job, target, result.item_ids, result.item_factors, event_ts, created)
     return FeatureJobResult(
         job=name,
         output=output,
@@ -128,40 +132,61 @@ def run_feature_job(store: FeatureStore, name: str, *, now: datetime | None = No
 
 
 def read_interactions(config: RepoConfig, defs: Definitions, job: FeatureJobSpec) -> tuple[pa.Table, int]:
-    """(user, item, rating, ts) of the job's source, rows with nulls dropped; and how many were."""
-    import duckdb
+    """(user, item, rating, ts) of the job's source, rows with nulls dropped; and how many were.
 
-    source = defs.get("source", job.source)
-    if isinstance(source, ParquetSource):
-        relation = f"read_parquet({_literal(_source_path(config, source.path))})"
-    elif isinstance(source, DuckDBSource):
-        relation = f"({source.query})"
-    else:
-        raise ConfigError(
-            f"feature job {job.name!r}: source {job.source!r} is a {source.type} source; feature "
-            "jobs read parquet and duckdb sources",
-            hint="point the job at a parquet source, or a duckdb source that reads the table",
-        )
-    q = _quote
-    sql = (
-        f'SELECT {q(job.user_column)} AS "user", {q(job.item_column)} AS "item", '
-        f'CAST({q(job.rating_column)} AS DOUBLE) AS "rating", {q(source.timestamp_field)} AS "ts" '
-        f"FROM {relation} AS src"
-    )
-    con = duckdb.connect()
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        con.execute(f"SET file_search_path = {_literal(str(config.root))}")
-        table = con.sql(sql).to_arrow_table()
-    except duckdb.Error as exc:
-        raise DataError(
-            f"feature job {job.name!r}: reading source {job.source!r} failed: {str(exc).splitlines()[0]}",
-            hint="check the job's user_column, item_column and rating_column against the source",
-        ) from None
-    finally:
-        con.close()
+    The source is read whole (every split, every event time) by the reader the batch job uses,
+    so a job reads parquet, duckdb and postgres sources alike.
+
+    >>> table, dropped = read_interactions(store.config, store.definitions(), job)  # doctest: +SKIP
+    >>> table.column_names  # doctest: +SKIP
+    ['user', 'item', 'rating', 'ts']
+    """
     import pyarrow.compute as pc
 
+    source = defs.get("source", job.source)
+    # Output column -> (source column, the setting that names it).
+    wanted = {
+        "user": (job.user_column, "user_column"),
+        "item": (job.item_column, "item_column"),
+        "rating": (job.rating_column, "rating_column"),
+        "ts": (source.timestamp_field, "the source's timestamp_field"),
+    }
+    reader = open_source(
+        source,
+        columns=[column for column, _ in wanted.values()],
+        timestamp_field=source.timestamp_field,
+        interval=Interval.everything(),
+        root=config.root,
+        batch_rows=config.materialization.batch_rows,
+        postgres_url=config.postgres_url,
+    )
+    failed = f"feature job {job.name!r}: reading source {job.source!r} failed"
+    with _prefixed(failed):
+        schemas = list(reader.schemas())
+    for origin, schema in schemas:  # before reading anything: a typo fails fast
+        for column, setting in wanted.values():
+            if schema.get_field_index(column) < 0:
+                raise DataError(
+                    f"{failed}: {origin} has no column {column!r} ({setting})",
+                    hint=f"it has {', '.join(schema.names)}; check the job's user_column, "
+                    "item_column and rating_column against the source",
+                )
+    with _prefixed(failed):
+        batches = [batch for split in reader.splits() for batch in reader.read(split)]
+    if not batches:
+        batches = [pa.schema([schemas[0][1].field(c) for c, _ in wanted.values()]).empty_table()]
+    # Files of one glob may differ in width (int32 here, int64 there): widen, as DuckDB did.
+    table = pa.concat_tables(
+        [pa.table({name: b.column(column) for name, (column, _) in wanted.items()}) for b in batches],
+        promote_options="permissive",
+    )
+    try:
+        table = table.set_column(2, "rating", table["rating"].cast(pa.float64()))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DataError(
+            f"{failed}: column {job.rating_column!r} (rating_column) is not numeric: {exc}",
+            hint="point rating_column at a numeric column, or cast it in a duckdb source's query",
+        ) from None
     valid = pc.and_(
         pc.and_(pc.is_valid(table["user"]), pc.is_valid(table["item"])), pc.is_valid(table["rating"])
     )
@@ -170,6 +195,15 @@ def read_interactions(config: RepoConfig, defs: Definitions, job: FeatureJobSpec
 
 
 # -- internals ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _prefixed(prefix: str) -> Iterator[None]:
+    """Re-raise a reader's DataError with the job in front, so the message names both."""
+    try:
+        yield
+    except DataError as exc:
+        raise DataError(f"{prefix}: {exc.message}", hint=exc.hint) from None
 
 
 def _target(defs: Definitions, job: FeatureJobSpec, views: list[str]) -> _Target:
@@ -251,20 +285,6 @@ def _norm(config: RepoConfig, path: str) -> str:
     if "://" in path and not path.startswith("file://"):
         return path
     return str(config.resolve(path.removeprefix("file://")).resolve())
-
-
-def _source_path(config: RepoConfig, path: str) -> str:
-    if "://" in path and not path.startswith("file://"):
-        return path
-    return str(config.resolve(path.removeprefix("file://")))
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _utc(value: Any) -> datetime:

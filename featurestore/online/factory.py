@@ -1,15 +1,16 @@
-"""Open the configured online store: a ``type`` -> ``"module:Class"`` map and one importer.
+"""Open the configured online store: a ``type`` -> ``"module:Class"`` map, imported by
+``featurestore.plugins.load_class``.
 
 Backends are imported only when chosen, so redis-py loads only for the redis store.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from featurestore.config import OnlineStoreConfig
 from featurestore.online.base import OnlineStore
+from featurestore.plugins import load_class
 from registry.errors import ConfigError
 
 BACKENDS: dict[str, str] = {
@@ -27,14 +28,12 @@ def load_backend(type_: str) -> type[OnlineStore]:
             f"unknown online_store.type {type_!r}",
             hint="use one of " + ", ".join(sorted(BACKENDS)),
         )
-    module_name, _, class_name = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, OnlineStore)):
-        raise ConfigError(
-            f"online store backend {target!r} is not an OnlineStore subclass",
-            hint="fix featurestore.online.factory.BACKENDS",
-        )
-    return cls
+    return load_class(
+        target,
+        OnlineStore,
+        what="online store backend",
+        hint="fix featurestore.online.factory.BACKENDS",
+    )
 
 
 def open_online_store(config: OnlineStoreConfig, project: str, root: Path) -> OnlineStore:

@@ -18,7 +18,6 @@ stream job would not change.
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
+from featurestore.plugins import load_class
 from featurestore.streams.schema import EventSchema
 from registry.errors import ConfigError
 
@@ -133,14 +133,9 @@ def _load(type_: str, which: int, base: type) -> Any:
             f"unknown stream source type {type_!r}",
             hint="use one of " + ", ".join(sorted(BACKENDS)),
         )
-    module_name, _, class_name = target[which].partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise ConfigError(
-            f"stream backend {target[which]!r} is not a {base.__name__}",
-            hint="fix featurestore.streams.base.BACKENDS",
-        )
-    return cls
+    return load_class(
+        target[which], base, what="stream backend", hint="fix featurestore.streams.base.BACKENDS"
+    )
 
 
 def open_stream_reader(

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from featurestore.sources import ORDINAL
 from featurestore.streams.schema import AggregateSpec, EventSchema
 from materializers.aggregates import (
     merge_partials,
@@ -21,7 +22,6 @@ from materializers.aggregates import (
     window_rows,
 )
 from materializers.schema import CREATED_TS, EVENT_TS, ViewSchema
-from materializers.sources import ORDINAL
 from registry.definitions import Definitions
 from registry.errors import DefinitionError
 from registry.spec import DuckDBSource, EntitySpec, FeatureViewSpec

@@ -1,4 +1,5 @@
-"""Source readers: Parquet globs, DuckDB queries over files, PostgreSQL in chunks."""
+"""Source readers (featurestore.sources): Parquet globs, DuckDB queries over files, PostgreSQL in
+chunks."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from materializers.sources import ORDINAL, Interval, ParquetReader, libpq_url, open_source
+from featurestore.sources import ORDINAL, Interval, ParquetReader, libpq_url, open_source
 from registry.errors import ConfigError, DataError
 from registry.spec import DuckDBSource, ParquetSource, PostgresSource
 
@@ -151,6 +152,32 @@ def test_duckdb_query_error_is_a_data_error(tmp_path: Path) -> None:
     )
     with pytest.raises(DataError, match="the DuckDB query failed"):
         list(reader.schemas())
+
+
+def test_everything_pushes_no_filter_down(tmp_path: Path) -> None:
+    # Nanosecond times cannot hold year 1 or 9999: an unbounded interval must not be compared.
+    ns = pa.timestamp("ns", tz="UTC")
+    times = [datetime(1900, 1, 1, tzinfo=UTC), None, datetime(2200, 1, 1, tzinfo=UTC)]
+    table = pa.table({"user_id": [1, 2, 3], "ts": pa.array(times, ns)})
+    pq.write_table(table, tmp_path / "e.parquet")
+    everything = Interval.everything()
+    assert not everything.bounded and JAN.bounded
+    specs = [
+        ParquetSource(name="p", type="parquet", path="e.parquet", timestamp_field="ts"),
+        DuckDBSource(
+            name="d", type="duckdb", timestamp_field="ts", query="select * from 'e.parquet'"
+        ),
+    ]
+    for spec in specs:
+        reader = open_source(
+            spec,
+            columns=["user_id", "ts"],
+            timestamp_field="ts",
+            interval=everything,
+            root=tmp_path,
+            batch_rows=1_000,
+        )
+        assert [r["user_id"] for b in read_all(reader) for r in b.to_pylist()] == [1, 2, 3]
 
 
 def test_postgres_connection_is_required(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ from apache_beam.testing.util import assert_that
 from featurestore.config import OnlineStoreConfig
 from featurestore.online.codec import ValueCodec
 from featurestore.online.memory import MemoryOnlineStore
+from featurestore.sources import ORDINAL, Interval
 from materializers.batch import in_process_runner
-from materializers.sources import ORDINAL, Interval
 from materializers.transforms import (
     CREATED_TS,
     EVENT_TS,

@@ -15,13 +15,13 @@ from apache_beam.testing.util import assert_that
 
 from featurestore.cli.stream_cmd import split_rest
 from featurestore.config import OnlineStoreConfig
+from featurestore.sources import ORDINAL
 from featurestore.streams.base import StreamRead
 from featurestore.streams.encoding import decode_events, encode_events
 from featurestore.streams.schema import EventSchema
 from materializers.batch import in_process_runner
 from materializers.freshness import LagStats, format_line, histogram_counts, quantile
 from materializers.schema import CREATED_TS, EVENT_TS, ViewSchema
-from materializers.sources import ORDINAL
 from materializers.stream_offline import WindowBuffer, merge_into_file, stream_file
 from materializers.stream_plan import StreamOptions, StreamRun
 from materializers.stream_transforms import MicroBatch, ValidateEvents

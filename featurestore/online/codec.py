@@ -1,7 +1,9 @@
 """Byte encodings of the online store: entity keys and feature values.
 
 Both are data contracts (pinned by golden tests and written down in docs/online-store.md), so
-change them only together with a new format byte.
+change them only together with a new format byte. (Why one module of ~530 lines: the two
+encodings are one contract with one format byte, pinned by one set of golden tests; kept
+together, a format change is one reviewed diff.)
 
 **Entity keys** are readable in ``redis-cli``: each join key value is written as text (integers in
 decimal, strings as UTF-8, bytes as they are), ``\\`` and ``|`` inside strings and bytes are

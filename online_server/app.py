@@ -1,5 +1,9 @@
-"""The FastAPI application: ``POST /features``, ``GET /health``, ``GET /metrics`` and, when the
-models are wired in, ``/predict`` and ``/feedback``.
+"""The FastAPI application: ``POST /features``, ``GET /health`` and ``GET /metrics`` here, and
+the routers of the other endpoints included: ``/predict`` (``predict``), ``/feedback``
+(``feedback``), ``/push`` (``push``) and ``/models/...`` (``models_admin``).
+
+Imports run one way: this module imports the route modules, they import ``online_server.http``
+(error bodies, body parsing, shutdown hooks) and ``online_server.metrics``, never this module.
 
 Handlers are ``async def``. ``POST /features`` awaits the online store's asyncio read (on Redis,
 a pipelined connection per worker, see ``featurestore.online.redis_async``), so one worker keeps
@@ -13,25 +17,27 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Any, TypeVar
+from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from featurestore.store import FeatureStore
+from online_server import feedback, models_admin, predict, push
 from online_server import metrics as m
 from online_server.auth import AuthMiddleware, TokenAuth
-from online_server.schemas import (
-    ErrorResponse,
-    FeaturesRequest,
-    FeaturesResponse,
-    HealthResponse,
+from online_server.http import (
+    ERRORS,
+    body_errors,
+    error_response,
+    json_body,
+    on_shutdown,
+    validation_response,
 )
+from online_server.schemas import FeaturesRequest, FeaturesResponse, HealthResponse
 from registry.errors import FeatureStoreError, StoreUnavailableError
-
-ERRORS = {422: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
 
 
 class ServerMetrics:
@@ -114,55 +120,6 @@ class _FastPath:
         await response(scope, receive, send)
 
 
-def validation_response(errors: Any) -> JSONResponse:
-    """422 naming the first bad field (and listing them all)."""
-    fields = []
-    for err in errors:
-        loc = [str(p) for p in err["loc"] if p != "body"]
-        fields.append({"field": ".".join(loc) or "(body)", "message": err["msg"]})
-    first = fields[0] if fields else {"field": "(body)", "message": "invalid request"}
-    return _error(
-        422, "ValidationError", f"field `{first['field']}`: {first['message']}",
-        hint="see the request schema at /docs", fields=fields,
-    )
-
-
-def _error(status: int, exc_type: str, message: str, hint: str | None = None, retryable: bool = False,
-           fields: list[dict[str, Any]] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"type": exc_type, "message": message, "hint": hint, "retryable": retryable}
-    if fields is not None:
-        body["fields"] = fields
-    return JSONResponse({"error": body}, status_code=status)
-
-
-_Body = TypeVar("_Body", bound=BaseModel)
-
-
-async def parse_body(request: Request, model: type[_Body]) -> _Body:
-    """Validate the raw JSON body with pydantic-core in one pass.
-
-    Hot endpoints take the Request and parse it here rather than declaring a body parameter:
-    FastAPI's own body handling decodes JSON, then validates the Python objects, and costs
-    several times more per request than ``model_validate_json``. Errors keep FastAPI's format.
-    """
-    try:
-        return model.model_validate_json(await request.body())
-    except ValidationError as exc:
-        raise RequestValidationError(
-            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
-        ) from None
-
-
-def _json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI for a body parsed by ``parse_body``, so /docs still shows the schema."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}},
-        }
-    }
-
-
 def create_app(store: FeatureStore) -> FastAPI:
     """The server for one feature repository.
 
@@ -180,7 +137,7 @@ def create_app(store: FeatureStore) -> FastAPI:
     def store_error_response(exc: FeatureStoreError) -> JSONResponse:
         if isinstance(exc, StoreUnavailableError):
             server_metrics.store_errors.inc("online")
-        return _error(exc.http_status, type(exc).__name__, exc.message, exc.hint, exc.retryable)
+        return error_response(exc.http_status, type(exc).__name__, exc.message, exc.hint, exc.retryable)
 
     @app.exception_handler(FeatureStoreError)
     async def _store_error(request: Request, exc: FeatureStoreError) -> JSONResponse:
@@ -202,9 +159,7 @@ def create_app(store: FeatureStore) -> FastAPI:
                 with_timestamps=body.include_timestamps,
             )
         except ValidationError as exc:
-            return validation_response(
-                [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
-            )
+            return validation_response(body_errors(exc))
         except FeatureStoreError as exc:
             return store_error_response(exc)
         stamps = response.event_timestamps
@@ -219,7 +174,7 @@ def create_app(store: FeatureStore) -> FastAPI:
         }
         # A plain JSONResponse: the shape is fixed above, re-validating it would cost latency.
         return JSONResponse(
-            {"registry_version": store.registry_cache.version, "entity_rows": len(response), "features": columns}
+            {"registry_version": store.watcher.version, "entity_rows": len(response), "features": columns}
         )
 
     # The hot endpoint bypasses FastAPI's routing and dependency resolution (about a quarter of
@@ -234,7 +189,7 @@ def create_app(store: FeatureStore) -> FastAPI:
         response_model=FeaturesResponse,
         responses=ERRORS,
         tags=["features"],
-        openapi_extra=_json_body(FeaturesRequest),
+        openapi_extra=json_body(FeaturesRequest),
     )
     async def features(request: Request) -> Any:
         """The latest value of each feature for each entity row, with a status per value."""
@@ -261,12 +216,17 @@ def create_app(store: FeatureStore) -> FastAPI:
         body = {"status": "ok" if ok else "unavailable", "checks": checks, "registry_version": version}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    from online_server import feedback, models_admin, predict, push
-
-    predict.register(app, store, server_metrics)
-    feedback.register(app, store, server_metrics)
-    push.register(app, store, server_metrics)
-    models_admin.register(app, store, server_metrics)
+    # Included in this order, their metrics show in /metrics in this order. When the app stops,
+    # the routers' clean-ups run in the order they were given: the prediction log is written
+    # out, then the feedback thread is stopped.
+    registry = server_metrics.registry
+    cleanups: list[Callable[[], Any]] = []
+    app.include_router(predict.router(store, registry, cleanups.append))
+    app.state.predictor = store.predictor  # the one /predict serves with
+    app.include_router(feedback.router(store, registry, cleanups.append))
+    app.include_router(push.router(store, registry))
+    app.include_router(models_admin.router(store, registry))
+    on_shutdown(app, *cleanups)
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
     def metrics() -> PlainTextResponse:
@@ -281,7 +241,7 @@ def app_from_environment() -> FastAPI:
     import os
 
     store = FeatureStore(os.environ.get("FEATURESTORE_REPO", "."))
-    store.registry_cache.refresh(force=True)
+    store.watcher.refresh(force=True)
     app = create_app(store)
     # Everything loaded so far (FastAPI, SQLAlchemy, pydantic, the registry: ~120,000 objects)
     # lives as long as the process. Left to the collector, each full collection walks all of

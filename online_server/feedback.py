@@ -10,34 +10,29 @@ commits of concurrent requests.
 
 Also here: the feedback metrics of ``/metrics`` (observations by result, compare-and-swap retries,
 the running loss of the personalised and the average-user predictions per model version and
-slice), and a background thread, started with the first feedback, that writes the offline view of
-the log every ``FLUSH_SECONDS`` and checks staleness every ``CHECK_SECONDS``, launching
-``featurestore models retrain MODEL`` once per stale version when the model has ``auto_retrain``.
+slice). With the first feedback the router starts ``featurestore.feedback.maintenance``'s
+background thread (the offline view of the log, the staleness check, auto-retrain) and stops it
+at shutdown; what it does lives there, not in the web layer.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
-import subprocess
-import sys
-import threading
 from datetime import datetime
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from featurestore.feedback import MAX_BATCH, FeedbackInput, FeedbackResult, FeedbackService
+from featurestore.feedback.maintenance import Maintenance
 from featurestore.store import FeatureStore
+from online_server.http import ERRORS, ShutdownHook, body_errors, error_response
+from online_server.metrics import Collected, Family, Registry
 
-logger = logging.getLogger(__name__)
 JoinKeyValue = int | str
-FLUSH_SECONDS = float(os.environ.get("FEATURESTORE_FEEDBACK_FLUSH_SECONDS", "10"))
-CHECK_SECONDS = float(os.environ.get("FEATURESTORE_FEEDBACK_CHECK_SECONDS", "60"))
 
 
 class _Body(BaseModel):
@@ -83,11 +78,9 @@ class FeedbackResponse(_Body):
     model_versions: dict[str, int] = Field(description="The version each model's observations went to.")
 
 
-def register(app: FastAPI, store: FeatureStore, server_metrics: Any) -> None:
-    """Add ``POST /feedback``, its metrics and its background thread to the app."""
-    from online_server.app import ERRORS, _error
-    from online_server.predict import _on_shutdown
-
+def router(store: FeatureStore, registry: Registry, at_shutdown: ShutdownHook) -> APIRouter:
+    """``POST /feedback``, with its metrics added to ``registry`` and its background thread
+    (started with the first feedback) stopped through ``at_shutdown``."""
     state: dict[str, Any] = {}
 
     def service() -> FeedbackService:
@@ -95,14 +88,14 @@ def register(app: FastAPI, store: FeatureStore, server_metrics: Any) -> None:
         # layouts and the prediction log that /predict in this process writes).
         if "service" not in state:
             state["service"] = store.feedback_service
-            state["maintenance"] = _Maintenance(store, state["service"])
+            state["maintenance"] = Maintenance(store.context, state["service"].counters)
             state["maintenance"].start()
         return state["service"]  # type: ignore[no-any-return]
 
-    registry = server_metrics.registry
-    registry.add(_ServiceMetrics(state))
+    registry.add(Collected("featurestore_feedback", _FAMILIES, lambda: _samples(state.get("service"))))
+    routes = APIRouter()
 
-    @app.post(
+    @routes.post(
         "/feedback",
         response_model=FeedbackResponse,
         responses=ERRORS,
@@ -131,8 +124,8 @@ def register(app: FastAPI, store: FeatureStore, server_metrics: Any) -> None:
         rejected.sort(key=lambda r: r["index"])
         if not batch and rejected:
             bad = rejected[0]
-            return _error(422, "ValidationError", f"field `{bad['field']}`: {bad['reason']}", bad.get("hint"),
-                          fields=[{"field": bad["field"], "message": bad["reason"]}])
+            return error_response(422, "ValidationError", f"field `{bad['field']}`: {bad['reason']}", bad.get("hint"),
+                                  fields=[{"field": bad["field"], "message": bad["reason"]}])
         if invalid:
             svc.note_rejected("(invalid)", len(invalid))
         body = {**result.to_dict(), "received": len(inputs) + len(invalid), "rejected": rejected}
@@ -142,7 +135,8 @@ def register(app: FastAPI, store: FeatureStore, server_metrics: Any) -> None:
         if "maintenance" in state:
             state["maintenance"].stop()
 
-    _on_shutdown(app, stop)
+    at_shutdown(stop)
+    return routes
 
 
 def _parse(raw: bytes) -> tuple[list[tuple[int, FeedbackInput]], list[tuple[int, str, str, str | None]], bool]:
@@ -189,7 +183,7 @@ def _input(o: ObservationBody) -> FeedbackInput:
 
 
 def _request_error(exc: ValidationError) -> RequestValidationError:
-    return RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)])
+    return RequestValidationError(body_errors(exc))
 
 
 def _body_schema() -> dict[str, Any]:
@@ -220,135 +214,35 @@ _LOSS_HELP = (
     "Mean loss on incoming feedback of the predictions made before learning from it, by model, "
     "version, predictor (personalised, average_user) and slice; this process."
 )
+_LOSS_LABELS = ("model", "version", "predictor", "slice", "loss")
+_FAMILIES = (
+    Family(
+        "featurestore_feedback_observations_total",
+        "Feedback observations by model and result (new, duplicate, rejected).",
+        "counter", ("model", "result"), "d",
+    ),
+    Family(
+        "featurestore_feedback_cas_retries_total",
+        "Compare-and-swap rounds lost to another writer and retried.",
+        "counter", (), "d",
+    ),
+    Family("featurestore_feedback_loss", _LOSS_HELP, "gauge", _LOSS_LABELS, ".10g"),
+    Family("featurestore_feedback_loss_sum", "Sum of those losses.", "counter", _LOSS_LABELS, ".10g"),
+    Family("featurestore_feedback_loss_count", "Number of those losses.", "counter", _LOSS_LABELS, ".10g"),
+)
 
 
-class _ServiceMetrics:
-    """Renders the service's counters (they live in the service, shared with SDK calls)."""
-
-    name = "featurestore_feedback"
-
-    def __init__(self, state: dict[str, Any]) -> None:
-        self.state = state
-
-    def render(self) -> list[str]:
-        from online_server.metrics import _escape
-
-        svc: FeedbackService | None = self.state.get("service")
-        out = [
-            "# HELP featurestore_feedback_observations_total Feedback observations by model and result (new, duplicate, rejected).",
-            "# TYPE featurestore_feedback_observations_total counter",
-        ]
-        if svc is None:
-            return out
-        for (model, result), n in sorted(svc.counts().items()):
-            out.append(f'featurestore_feedback_observations_total{{model="{_escape(model)}",result="{result}"}} {n}')
-        out += [
-            "# HELP featurestore_feedback_cas_retries_total Compare-and-swap rounds lost to another writer and retried.",
-            "# TYPE featurestore_feedback_cas_retries_total counter",
-            f"featurestore_feedback_cas_retries_total {svc.cas_retries}",
-        ]
-        losses = sorted(svc.losses().items())
-        families = (
-            ("featurestore_feedback_loss", "gauge", _LOSS_HELP, lambda acc: acc.mean),
-            ("featurestore_feedback_loss_sum", "counter", "Sum of those losses.", lambda acc: acc.total),
-            ("featurestore_feedback_loss_count", "counter", "Number of those losses.", lambda acc: acc.count),
-        )
-        for name, kind, text, value in families:
-            out += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-            for (model, version, predictor, sl), acc in losses:
-                labels = (f'model="{_escape(model)}",version="{version}",predictor="{predictor}",'
-                          f'slice="{_escape(sl)}",loss="{acc.loss}"')
-                v = value(acc)
-                if v is not None:
-                    out.append(f"{name}{{{labels}}} {v:.10g}")
-        return out
-
-
-# -- background work ----------------------------------------------------------------------------
-
-
-class _Maintenance:
-    """Writes the offline view of the feedback log and checks staleness, off the request path."""
-
-    def __init__(self, store: FeatureStore, service: FeedbackService) -> None:
-        self.store = store
-        self.service = service
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="feedback-maintenance", daemon=True)
-        self.launched: set[tuple[str, int]] = set()
-
-    def start(self) -> None:
-        if FLUSH_SECONDS > 0 or CHECK_SECONDS > 0:
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        import time
-
-        last_check = time.monotonic()
-        period = min(p for p in (FLUSH_SECONDS, CHECK_SECONDS) if p > 0)
-        while not self._stop.wait(period):
-            models = sorted({m for (m, result) in self.service.counts() if result == "new"})
-            try:
-                if FLUSH_SECONDS > 0:
-                    self.flush(models)
-                if CHECK_SECONDS > 0 and time.monotonic() - last_check >= CHECK_SECONDS:
-                    last_check = time.monotonic()
-                    self.check(models)
-            except Exception as exc:  # noqa: BLE001 - a failed round is logged; the next one retries
-                logger.warning("feedback maintenance failed: %s: %s", type(exc).__name__, exc)
-
-    def flush(self, models: list[str]) -> None:
-        from featurestore.feedback_export import export_feedback
-
-        for model in models:
-            export_feedback(self.store, model, delay_seconds=5.0)
-
-    def check(self, models: list[str]) -> None:
-        from featurestore.feedback import model_status
-
-        defs = self.store.definitions()
-        for model in models:
-            spec = defs.models.get(model)
-            if spec is None or not spec.auto_retrain:
-                continue
-            status = model_status(self.store, model)
-            if status.stale and (model, status.version) not in self.launched:
-                self.launched.add((model, status.version))
-                launch_retrain(self.store, model, status.version)
-
-
-def launch_retrain(store: FeatureStore, model: str, version: int) -> bool:
-    """Start ``featurestore models retrain MODEL`` as a detached subprocess, once per stale
-    version across every process (a marker file in the version's artifact directory decides).
-    Its output goes to ``retrain.log`` beside it. True when this call launched it."""
-    from featurestore.models.training import artifact_dir
-
-    directory = artifact_dir(store, model, version)
-    directory.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(directory / "retrain.started", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return False
-    os.close(fd)
-    config = store.config
-    env = {
-        **os.environ,
-        # The subprocess must see the same stores as this one, whatever overrides made them.
-        "FEATURESTORE__REGISTRY": config.registry_url,
-        "FEATURESTORE__OFFLINE_STORE__PATH": str(config.offline_path),
-        "FEATURESTORE__ONLINE_STORE__TYPE": config.online_store.type,
-        "FEATURESTORE__ONLINE_STORE__PATH": str(config.resolve(config.online_store.path)),
-        "FEATURESTORE__ONLINE_STORE__URL": config.online_store.url,
-    }
-    with open(directory / "retrain.log", "ab") as out:
-        subprocess.Popen(
-            [sys.executable, "-m", "featurestore.cli.main", "-r", str(store.repo_path), "models", "retrain", model],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
-    logger.warning("model %r version %d is stale: launched `featurestore models retrain %s`", model, version, model)
-    return True
+def _samples(svc: FeedbackService | None) -> list[dict[tuple[Any, ...], Any] | None]:
+    """The samples of ``_FAMILIES`` from the service's counters (they live in the service,
+    shared with SDK calls). Before the first feedback there is no service yet: the observations
+    family shows without samples, the others not at all."""
+    if svc is None:
+        return [{}, None, None, None, None]
+    losses = {(*key, acc.loss): acc for key, acc in svc.losses().items()}
+    return [
+        svc.counts(),
+        {(): svc.cas_retries},
+        {labels: acc.mean for labels, acc in losses.items()},
+        {labels: acc.total for labels, acc in losses.items()},
+        {labels: acc.count for labels, acc in losses.items()},
+    ]

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from featurestore.store import FeatureStore
 from online_server import metrics as m
+from online_server.http import ERRORS
 
 
 class _Body(BaseModel):
@@ -33,11 +34,9 @@ class ActiveVersionResponse(_Body):
     previous: int | None = Field(description="The version active before, if any.")
 
 
-def register(app: FastAPI, store: FeatureStore, server_metrics: Any) -> None:
-    """Add the model administration routes."""
-    from online_server.app import ERRORS
-
-    changes = server_metrics.registry.add(
+def router(store: FeatureStore, registry: m.Registry) -> APIRouter:
+    """The model administration routes, with their counter added to ``registry``."""
+    changes = registry.add(
         m.Counter("featurestore_model_activations_total", "Versions activated through the API, by model and action.",
                   ("model", "action"))
     )
@@ -45,7 +44,9 @@ def register(app: FastAPI, store: FeatureStore, server_metrics: Any) -> None:
     def previous(model: str) -> int | None:
         return store.model_versions.active_versions().get(model)
 
-    @app.post("/models/{model}/activate", response_model=ActiveVersionResponse, responses=ERRORS, tags=["admin"])
+    routes = APIRouter()
+
+    @routes.post("/models/{model}/activate", response_model=ActiveVersionResponse, responses=ERRORS, tags=["admin"])
     def activate(model: str, body: ActivateRequest) -> Any:
         """Serve ``version`` of the model (reloading its state from its artifact if needed)."""
         before = previous(model)
@@ -53,10 +54,12 @@ def register(app: FastAPI, store: FeatureStore, server_metrics: Any) -> None:
         changes.inc(model, "activate")
         return JSONResponse({"model": model, "version": body.version, "previous": before})
 
-    @app.post("/models/{model}/rollback", response_model=ActiveVersionResponse, responses=ERRORS, tags=["admin"])
+    @routes.post("/models/{model}/rollback", response_model=ActiveVersionResponse, responses=ERRORS, tags=["admin"])
     def rollback(model: str) -> Any:
         """Serve the version before the active one; 404 when there is none."""
         before = previous(model)
         version = store.rollback_model(model)
         changes.inc(model, "rollback")
         return JSONResponse({"model": model, "version": version, "previous": before})
+
+    return routes

@@ -1,22 +1,25 @@
 """``POST /predict``: scores of candidate items for a user from a per-user linear model.
 
 The route is a thin shell around ``featurestore.models.serving.Predictor`` (shared with the
-SDK): parse the body in one pydantic-core pass, predict, return JSON. It also registers the
-model metrics (predictions per model, feature cache hit rate, prediction log backlog) and stops
-the prediction log's writer thread when the app shuts down, after writing what is queued.
+SDK): parse the body in one pydantic-core pass, await ``predict_async`` (the feature misses and
+the user's state are read in one awaited step, so the worker serves other requests meanwhile),
+return JSON. ``router`` also registers
+the model metrics (predictions per model, feature cache hit rate, prediction log backlog) and has
+the prediction log's writer thread stopped when the app shuts down, after writing what is queued.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from featurestore.models.serving import Predictor
 from featurestore.store import FeatureStore
 from online_server import metrics as m
+from online_server.http import ERRORS, ShutdownHook, json_body, parse_body
 
 JoinKeyValue = int | str
 
@@ -52,25 +55,29 @@ class PredictResponse(_Body):
     scores: list[ItemScore]
 
 
-def register(app: FastAPI, store: FeatureStore, server_metrics: Any) -> None:
-    """Add ``POST /predict`` and the model metrics to the app."""
-    from online_server.app import ERRORS, _json_body, parse_body
-
+def router(store: FeatureStore, registry: m.Registry, at_shutdown: ShutdownHook) -> APIRouter:
+    """``POST /predict``, with the model metrics added to ``registry`` and the predictor closed
+    (its log written out) through ``at_shutdown``."""
     # The store's own predictor: one feature cache and one prediction log per process, shared
     # with SDK calls made in it.
     predictor: Predictor = store.predictor
-    app.state.predictor = predictor
-    registry = server_metrics.registry
     predictions = registry.add(
         m.Counter("featurestore_predictions_total", "Predictions served, by model and version.", ("model", "version"))
     )
     scored = registry.add(
         m.Counter("featurestore_predicted_items_total", "Candidate items scored, by model.", ("model",))
     )
-    cache_lookups = registry.add(
-        m.Counter("featurestore_feature_cache_lookups_total", "Item feature cache lookups by result.", ("result",))
-    )
     cache = predictor.cache
+    # Read from the cache's own counters at scrape time: a delta taken around an awaited call
+    # would also count the lookups of the requests served meanwhile.
+    registry.add(
+        m.Collected(
+            "featurestore_feature_cache_lookups_total",
+            [m.Family("featurestore_feature_cache_lookups_total", "Item feature cache lookups by result.",
+                      "counter", ("result",))],
+            lambda: [{("hit",): float(cache.hits), ("miss",): float(cache.misses)}],
+        )
+    )
     log = predictor.log
     registry.add(
         m.Gauges(
@@ -89,47 +96,25 @@ def register(app: FastAPI, store: FeatureStore, server_metrics: Any) -> None:
         )
     )
 
-    @app.post(
+    routes = APIRouter()
+
+    @routes.post(
         "/predict",
         response_model=PredictResponse,
         responses=ERRORS,
         tags=["models"],
-        openapi_extra=_json_body(PredictRequest),
+        openapi_extra=json_body(PredictRequest),
     )
     async def predict(request: Request) -> Any:
         """Scores of the candidate items for the user, with the model's active version."""
         body = await parse_body(request, PredictRequest)
-        hits, misses = cache.hits, cache.misses
-        result = predictor.predict(
+        result = await predictor.predict_async(
             body.model, body.user, body.items, k=body.k, request_features=body.request_features
         )
         predictions.inc(body.model, str(result.model_version))
         scored.inc(body.model, amount=len(body.items))
-        cache_lookups.inc("hit", amount=cache.hits - hits)
-        cache_lookups.inc("miss", amount=cache.misses - misses)
         # The shape is fixed by Prediction.to_dict; re-validating it would only cost latency.
         return Response(result.to_json(), media_type="application/json")
 
-    _on_shutdown(app, predictor.close)
-
-
-def _on_shutdown(app: FastAPI, callback: Any) -> None:
-    """Run ``callback`` when the app stops. FastAPI's router still runs ``on_shutdown``
-    handlers from its default lifespan; with a custom lifespan, wrap it instead."""
-    from contextlib import asynccontextmanager
-
-    router = app.router
-    if type(router.lifespan_context).__name__ == "_DefaultLifespan" and hasattr(router, "on_shutdown"):
-        router.on_shutdown.append(callback)
-        return
-    inner = router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(application: Any) -> Any:
-        async with inner(application) as state:
-            try:
-                yield state
-            finally:
-                callback()
-
-    router.lifespan_context = lifespan
+    at_shutdown(predictor.close)
+    return routes

@@ -17,11 +17,12 @@ import json
 import time
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from online_server import metrics as m
+from online_server.http import ERRORS, error_response, json_body, parse_body
 
 STATS_NAMESPACE = "stream_stats"
 
@@ -69,29 +70,29 @@ def stream_stats(store: Any) -> dict[str, dict[str, Any]]:
     return {v: json.loads(b) for v, b in zip(views, blobs) if b is not None}
 
 
-def register(app: FastAPI, store: Any, server_metrics: Any) -> None:
-    """Add ``POST /push`` and the stream freshness gauges to the app.
+def router(store: Any, registry: m.Registry) -> APIRouter:
+    """``POST /push``, with the pushed-events counter and the stream freshness gauges added to
+    ``registry``.
 
     Nothing is read from ``store`` here, only when a request or a scrape comes (the OpenAPI
     build registers routes against a stand-in store).
     """
-    from online_server.app import ERRORS, _error, _json_body, parse_body
-
-    pushed = server_metrics.registry.add(
+    pushed = registry.add(
         m.Counter(
             "featurestore_pushed_events_total",
             "Events appended by POST /push, by view.",
             ("feature_view",),
         )
     )
-    _add_gauges(server_metrics.registry, store)
+    _add_gauges(registry, store)
+    routes = APIRouter()
 
-    @app.post(
+    @routes.post(
         "/push",
         response_model=PushResponse,
         responses=ERRORS,
         tags=["streams"],
-        openapi_extra=_json_body(PushRequest),
+        openapi_extra=json_body(PushRequest),
     )
     async def push(request: Request) -> Any:
         """Check events against the view and append them to its stream, all or none."""
@@ -101,7 +102,7 @@ def register(app: FastAPI, store: Any, server_metrics: Any) -> None:
         try:
             result = store.pusher.push(body.view, body.rows, body.push_id)
         except EventError as exc:
-            return _error(
+            return error_response(
                 422,
                 "ValidationError",
                 exc.message,
@@ -111,6 +112,8 @@ def register(app: FastAPI, store: Any, server_metrics: Any) -> None:
         if not result.duplicate:
             pushed.inc(body.view, amount=result.pushed)
         return JSONResponse(result.to_dict())
+
+    return routes
 
 
 def _add_gauges(registry: Any, store: Any) -> None:

@@ -9,7 +9,7 @@ The JSON Schema published by ``featurestore schema`` is generated from ``Definit
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -287,3 +287,11 @@ KINDS: dict[str, str] = {
     "feature_job": "feature_jobs",
     "model": "models",
 }
+
+
+def definition_schema() -> dict[str, Any]:
+    """The JSON Schema of a definition file, for editors (``featurestore schema``)."""
+    schema = DefinitionFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "featurestore definition file"
+    return schema

@@ -94,6 +94,16 @@ def test_only_entry_points_import_the_jobs_or_the_server() -> None:
     assert not bad, "only featurestore.cli may import the jobs or the server:\n" + "\n".join(sorted(bad))
 
 
+def test_nothing_below_the_entry_points_imports_them() -> None:
+    bad = sorted(
+        f"{name} -> {target}"
+        for name, imported in GRAPH.items()
+        for target in imported
+        if target.startswith("featurestore.cli") and not name.startswith("featurestore.cli")
+    )
+    assert not bad, "the CLI is the top of the house:\n" + "\n".join(bad)
+
+
 def test_no_service_imports_the_facade() -> None:
     # The jobs and the server sit above featurestore/ and may be handed the facade; what lives
     # in featurestore/ (the services) takes a ServiceContext instead.

@@ -16,16 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     )
 
 
-def definition_schema() -> dict:
-    from registry.spec import DefinitionFile
-
-    schema = DefinitionFile.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "featurestore definition file"
-    return schema
-
-
 def run(args: argparse.Namespace) -> int:
+    from registry.spec import definition_schema
+
     text = json.dumps(definition_schema(), indent=2, sort_keys=True) + "\n"
     if args.out is None:
         sys.stdout.write(text)

@@ -166,7 +166,7 @@ def write_example_repo(
     }
     for name, text in files.items():
         (path / name).write_text(text)
-    from featurestore.cli.schema_cmd import definition_schema
+    from registry.spec import definition_schema
     import json
 
     (path / "schema.json").write_text(json.dumps(definition_schema(), indent=2, sort_keys=True) + "\n")

@@ -39,11 +39,8 @@ def store(tmp_path: Path, redis_url: str, unique_project: str, tidy: list) -> Fe
 @pytest.fixture
 def client(store: FeatureStore) -> TestClient:
     from online_server import create_app
-    from online_server import push as push_routes
 
     app = create_app(store)
-    if not any(getattr(r, "path", None) == "/push" for r in app.routes):
-        push_routes.register(app, store, app.state.metrics)
     with TestClient(app) as c:
         yield c
 

@@ -19,6 +19,7 @@ Per request, a plan:
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,10 @@ if TYPE_CHECKING:
     from featurestore.feature_cache import FeatureCache, ViewRows
     from registry.definitions import Definitions
     from registry.spec import ModelSpec
+
+
+# Least time between two registry reads caused by a model without an active version.
+_MISS_REFRESH_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -137,10 +142,19 @@ class Planner:
         self._states: dict[tuple[str, int], ModelStateStore] = {}
         self._layouts: dict[tuple[str, int], ModelLayout] = {}
         self._lock = threading.Lock()
+        self._miss_refreshed_at = float("-inf")
 
     def active_version(self, model: str) -> int:
-        """The model's active version in the registry snapshot."""
-        version = self.context.watcher.snapshot.active_models.get(model)
+        """The model's active version in the registry snapshot. On a miss the registry is read
+        again, at most once per ``_MISS_REFRESH_SECONDS`` whatever the request rate: the model
+        may have been trained by another process a moment ago."""
+        watcher = self.context.watcher
+        version = watcher.snapshot.active_models.get(model)
+        if version is None:
+            now = time.monotonic()
+            if now - self._miss_refreshed_at >= _MISS_REFRESH_SECONDS:
+                self._miss_refreshed_at = now
+                version = watcher.refresh().active_models.get(model)
         if version is None:
             raise NotFoundError(
                 f"model {model!r} has no trained version",

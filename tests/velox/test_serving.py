@@ -197,3 +197,20 @@ def test_column_blocks_are_slices_when_contiguous() -> None:
 
     assert _columns([3, 4, 5]) == slice(3, 6)
     assert _columns([0, 2]).tolist() == [0, 2]
+
+
+def test_a_model_trained_by_another_process_is_served_at_once(store: FeatureStore) -> None:
+    # A server-like store whose watcher ticks once a second; the snapshot it holds predates the
+    # training, which another FeatureStore (another process, as far as the registry knows) does.
+    server = FeatureStore(store.repo_path, config_overrides={"online_store": store.config.online_store.model_dump()},
+                          registry_refresh_seconds=5)
+    try:
+        assert "taste" not in server.context.snapshot.active_models
+        fake_export(store)
+        store.train("taste", labels())
+        # No active version in the snapshot: a miss looks again (at most every 0.1 s), not a 404.
+        assert server.predict("taste", {"user_id": 1}, CANDIDATES).model_version == 1
+        with pytest.raises(NotFoundError, match="has no trained version"):
+            server.predict("explore", {"user_id": 1}, CANDIDATES)
+    finally:
+        server.close()

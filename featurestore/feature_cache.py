@@ -292,8 +292,7 @@ class FeatureCache:
                 for slab in self._slabs.values():
                     slab.clear(next(self._generations))
                 self._slabs.clear()
-                if seen is not None:
-                    self.invalidations += 1
+                self.invalidations += 1
             elif snapshot.run_ids != seen.run_ids:
                 for view, run_id in snapshot.run_ids.items():
                     if seen.run_ids.get(view) != run_id and view in self._slabs:

@@ -25,7 +25,8 @@ from featurestore.streams.schema import EventSchema
 from registry.errors import UserError
 
 if TYPE_CHECKING:
-    from featurestore.context import ServiceContext
+    from featurestore.config import RepoConfig
+    from registry.watcher import RegistryWatcher
     from featurestore.streams.base import StreamWriter
 
 __all__ = ["EventError", "PushIdReusedError", "PushResult", "Pusher"]
@@ -70,14 +71,17 @@ class Pusher:
     """Checks and appends events for one store; keeps one stream writer per stream (thread-safe:
     redis-py clients are)."""
 
-    def __init__(self, context: ServiceContext) -> None:
-        self.context = context
+    def __init__(self, config: RepoConfig, watcher: RegistryWatcher) -> None:
+        # The narrow things a push uses: the definitions and the stream's default URL (no
+        # online store is opened to push).
+        self.config = config
+        self.watcher = watcher
         self._writers: dict[tuple[str, str], StreamWriter] = {}
         self._lock = threading.Lock()
 
     def schema(self, view: str) -> tuple[EventSchema, Any]:
         """The event schema and stream source of a view that accepts pushes."""
-        definitions = self.context.definitions()
+        definitions = self.watcher.snapshot.definitions
         spec = definitions.get("feature_view", view)  # NotFoundError with the nearest name
         if spec.stream_source is None:
             raise UserError(
@@ -115,7 +119,7 @@ class Pusher:
             ids = writer.append(payloads)
             return PushResult(view, len(ids), _text(ids[0]), _text(ids[-1]))
         digest = hashlib.sha256(b"\n".join(payloads)).hexdigest()[:32]
-        marker = f"{self.context.project}:__push__:{view}:{push_id}"
+        marker = f"{self.config.project}:__push__:{view}:{push_id}"
         once = writer.append_once(payloads, marker, digest, PUSH_ID_TTL_SECONDS)
         if once.digest != digest:
             raise PushIdReusedError(
@@ -128,7 +132,7 @@ class Pusher:
     def _writer(self, source: Any) -> StreamWriter:
         from featurestore.streams.base import open_stream_writer
 
-        url = source.url or self.context.config.online_store.url
+        url = source.url or self.config.online_store.url
         key = (url, source.stream)
         with self._lock:
             writer = self._writers.get(key)

@@ -48,8 +48,8 @@ class FeatureStore:
         registry_refresh_seconds: float = 5.0,
     ) -> None:
         """``registry_refresh_seconds``: how far behind the registry database this process may
-        be (definitions, active model versions, materialization runs); at most a second is
-        used, 0 reads the database on every access (see ``registry.watcher``)."""
+        be (definitions, active model versions, materialization runs; the online server uses 1);
+        0 reads the database on every access (see ``registry.watcher``)."""
         self.config: RepoConfig = load_config(repo_path, config_overrides)
         self.repo_path = self.config.root
         self.project = self.config.project
@@ -71,9 +71,7 @@ class FeatureStore:
     @cached_property
     def watcher(self) -> RegistryWatcher:
         """The process's registry watcher: ``watcher.snapshot`` is what request paths read."""
-        return RegistryWatcher(
-            self.registry, self.model_versions, self.materialization_log, min(1.0, self._refresh_seconds)
-        )
+        return RegistryWatcher(self.registry, self.model_versions, self.materialization_log, self._refresh_seconds)
 
     @cached_property
     def context(self) -> ServiceContext:
@@ -232,7 +230,7 @@ class FeatureStore:
         views afterwards (``featurestore jobs run`` does both)."""
         from featurestore.models.feature_job import run_feature_job
 
-        return run_feature_job(self.context, name)
+        return run_feature_job(self.config, self.watcher, name)
 
     def activate_model(self, model: str, version: int) -> None:
         """Make ``version`` the one served, reloading its state from its artifact if needed."""
@@ -318,7 +316,7 @@ class FeatureStore:
     def pusher(self) -> "Pusher":
         from featurestore.push import Pusher
 
-        return Pusher(self.context)
+        return Pusher(self.config, self.watcher)
 
     def push(self, view: str, rows: "Sequence[Mapping[str, Any]]", push_id: str | None = None) -> "PushResult":
         """Check events against ``view`` and append them to its stream, all or none; the stream

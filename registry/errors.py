@@ -100,6 +100,9 @@ class InputError(UserError):
         self.field = field
         self.reason = reason
 
+    def __reduce__(self) -> tuple:
+        return (_input_error, (self.field, self.reason, self.hint))
+
 
 class DataError(UserError):
     """Source data that does not fit its declared schema."""
@@ -121,3 +124,7 @@ class StoreUnavailableError(FeatureStoreError):
     retryable = True
     http_status = 503
     exit_code = 1
+
+
+def _input_error(field: str, reason: str, hint: str | None) -> InputError:
+    return InputError(field, reason, hint=hint)

@@ -26,6 +26,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -53,6 +54,7 @@ class RegistrySnapshot:
 
 
 EMPTY = RegistrySnapshot(-1, Definitions())
+_WATCHERS: weakref.WeakSet[RegistryWatcher] = weakref.WeakSet()
 
 
 class RegistryWatcher:
@@ -73,15 +75,18 @@ class RegistryWatcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
+        self._closed = False
+        _WATCHERS.add(self)
 
     @property
     def snapshot(self) -> RegistrySnapshot:
-        """The newest snapshot; the first read loads it (and starts the watching thread)."""
-        current = self._snapshot
-        if current is EMPTY or self.interval <= 0:
+        """The newest snapshot; the first read loads it and starts the watching thread."""
+        if self.interval <= 0:
             return self.refresh()
-        if self._thread is None or self._pid != os.getpid():
+        current = self._snapshot
+        if current is EMPTY:
+            current = self.refresh()
+        if self._thread is None and not self._closed:
             self._start()
         return current
 
@@ -110,7 +115,8 @@ class RegistryWatcher:
             return new
 
     def close(self) -> None:
-        """Stop the watching thread (the last snapshot stays readable)."""
+        """Stop the watching thread for good (the last snapshot stays readable)."""
+        self._closed = True
         self._stop.set()
         thread = self._thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
@@ -118,13 +124,18 @@ class RegistryWatcher:
 
     def _start(self) -> None:
         with self._lock:
-            # After a fork the parent's thread does not exist in the child: start another.
-            if self._thread is not None and self._pid == os.getpid():
+            if self._thread is not None or self._closed:
                 return
-            self._pid = os.getpid()
-            self._stop = threading.Event()
             self._thread = threading.Thread(target=self._run, name="registry-watcher", daemon=True)
             self._thread.start()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's thread does not exist here, and its lock may have been held at the fork:
+        # start over (the next read starts a thread), on connections of this process's own.
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        self._registry.engine.dispose(close=False)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -132,3 +143,12 @@ class RegistryWatcher:
                 self.refresh()
             except Exception as exc:  # noqa: BLE001 - keep the last snapshot; retry next tick
                 logger.warning("registry refresh failed (serving the last snapshot): %s", exc)
+
+
+def _after_fork_in_child() -> None:
+    for watcher in list(_WATCHERS):
+        watcher._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

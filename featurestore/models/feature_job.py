@@ -36,7 +36,7 @@ from registry.types import parse_dtype
 
 if TYPE_CHECKING:
     from featurestore.config import RepoConfig
-    from featurestore.context import ServiceContext
+    from registry.watcher import RegistryWatcher
     from registry.definitions import Definitions
 
 
@@ -89,15 +89,19 @@ def views_fed_by(config: RepoConfig, defs: Definitions, job: FeatureJobSpec) -> 
     return [name for name, v in defs.feature_views.items() if v.source in sources]
 
 
-def run_feature_job(context: ServiceContext, name: str, *, now: datetime | None = None) -> FeatureJobResult:
+def run_feature_job(
+    config: RepoConfig, watcher: RegistryWatcher, name: str, *, now: datetime | None = None
+) -> FeatureJobResult:
     """Run one feature job on the applied definitions and write its output (no materialization;
     ``featurestore jobs run`` materializes the fed views afterwards).
 
-    >>> run_feature_job(store.context, "item_factors").views  # doctest: +SKIP
+    It reads the job's source and writes a Parquet file: the configuration and the latest
+    applied definitions are all it needs (no online store is opened).
+
+    >>> run_feature_job(store.config, store.watcher, "item_factors").views  # doctest: +SKIP
     ('item_embedding',)
     """
-    defs = context.watcher.refresh(force=True).definitions  # the latest applied, not a snapshot's
-    config = context.config
+    defs = watcher.refresh(force=True).definitions  # the latest applied, not a snapshot's
     job: FeatureJobSpec = defs.get("feature_job", name)
     views = views_fed_by(config, defs, job)
     target = _target(defs, job, views)
@@ -176,10 +180,16 @@ def read_interactions(config: RepoConfig, defs: Definitions, job: FeatureJobSpec
     if not batches:
         batches = [pa.schema([schemas[0][1].field(c) for c, _ in wanted.values()]).empty_table()]
     # Files of one glob may differ in width (int32 here, int64 there): widen, as DuckDB did.
-    table = pa.concat_tables(
-        [pa.table({name: b.column(column) for name, (column, _) in wanted.items()}) for b in batches],
-        promote_options="permissive",
-    )
+    try:
+        table = pa.concat_tables(
+            [pa.table({name: b.column(column) for name, (column, _) in wanted.items()}) for b in batches],
+            promote_options="permissive",
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise DataError(
+            f"{failed}: its files disagree on a column's type: {exc}",
+            hint="give every file of the source the same column types, or cast them in a duckdb source's query",
+        ) from None
     try:
         table = table.set_column(2, "rating", table["rating"].cast(pa.float64()))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:

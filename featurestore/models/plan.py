@@ -18,6 +18,7 @@ Per request, a plan:
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
     from registry.spec import ModelSpec
 
 
-# Least time between two registry reads caused by a model without an active version.
+logger = logging.getLogger(__name__)
+# Least time between two registry reads caused by one model without an active version.
 _MISS_REFRESH_SECONDS = 0.1
 
 
@@ -142,7 +144,7 @@ class Planner:
         self._states: dict[tuple[str, int], ModelStateStore] = {}
         self._layouts: dict[tuple[str, int], ModelLayout] = {}
         self._lock = threading.Lock()
-        self._miss_refreshed_at = float("-inf")
+        self._miss_refreshed_at: dict[str, float] = {}
 
     def active_version(self, model: str) -> int:
         """The model's active version in the registry snapshot. On a miss the registry is read
@@ -152,9 +154,12 @@ class Planner:
         version = watcher.snapshot.active_models.get(model)
         if version is None:
             now = time.monotonic()
-            if now - self._miss_refreshed_at >= _MISS_REFRESH_SECONDS:
-                self._miss_refreshed_at = now
-                version = watcher.refresh().active_models.get(model)
+            if now - self._miss_refreshed_at.get(model, float("-inf")) >= _MISS_REFRESH_SECONDS:
+                self._miss_refreshed_at[model] = now
+                try:
+                    version = watcher.refresh().active_models.get(model)
+                except Exception as exc:  # noqa: BLE001 - the registry is down: the snapshot answers
+                    logger.warning("registry refresh for model %r failed: %s", model, exc)
         if version is None:
             raise NotFoundError(
                 f"model {model!r} has no trained version",

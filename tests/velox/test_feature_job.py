@@ -75,7 +75,7 @@ def repo(tmp_path: Path, unique_project: str) -> FeatureStore:
 
 def test_job_writes_item_factors_for_the_view_it_feeds(repo: FeatureStore) -> None:
     now = datetime(2026, 11, 1, tzinfo=timezone.utc)
-    result = run_feature_job(repo.context, "als", now=now)
+    result = run_feature_job(repo.config, repo.watcher, "als", now=now)
     assert result.views == ("item_emb",) and result.dropped == 1 and result.interactions == 399
     out = pq.read_table(repo.repo_path / "data" / "factors.parquet")
     assert out.column_names == ["item_id", "emb", "event_ts", "created_ts"]
@@ -140,9 +140,9 @@ def test_postgres_sources_give_the_factors_of_the_same_parquet_data(
     assert from_pg.sort_by("ts").equals(from_parquet.sort_by("ts"))
 
     now = datetime(2026, 11, 1, tzinfo=timezone.utc)
-    by_parquet = run_feature_job(repo.context, "als", now=now)
+    by_parquet = run_feature_job(repo.config, repo.watcher, "als", now=now)
     parquet_out = pq.read_table(repo.repo_path / "data" / "factors.parquet")
-    by_pg = run_feature_job(repo.context, "als_pg", now=now)
+    by_pg = run_feature_job(repo.config, repo.watcher, "als_pg", now=now)
     pg_out = pq.read_table(repo.repo_path / "data" / "factors.parquet")
     assert (by_pg.interactions, by_pg.dropped, by_pg.users, by_pg.items, by_pg.event_ts) == (
         by_parquet.interactions,

@@ -16,13 +16,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from operator import itemgetter
 from typing import Any
 
 import numpy as np
+from pydantic import TypeAdapter
 
 from featurestore.online.codec import encode_entity_key, encode_int_keys
 from registry.errors import DataError, InputError
+
+
+_DATETIME = TypeAdapter(datetime)
 
 
 def entity_key(names: tuple[str, ...], dtypes: tuple[str, ...], row: Any, field: str, entity: str) -> bytes:
@@ -105,6 +110,30 @@ def label_value(value: Any, objective: str, model: str) -> float:
         raise InputError("label", f"model {model!r} is logistic: the label must be 0 or 1, got {label:g}",
                          hint="send 1 for a positive outcome (a click), 0 otherwise")
     return label
+
+
+def text_value(value: Any, field: str, max_length: int, hint: str | None = None) -> str:
+    """A short text (an id, a slice value): a string of 1 to ``max_length`` characters without
+    NUL, which PostgreSQL cannot store in text (the embedded profile could; both refuse it)."""
+    if not isinstance(value, str) or not 0 < len(value) <= max_length:
+        raise InputError(field, f"must be a string of 1 to {max_length} characters, got {value!r:.80}", hint=hint)
+    if "\x00" in value:
+        raise InputError(field, "must not contain a NUL character (\\u0000)", hint=hint)
+    return value
+
+
+def timestamp_value(value: Any, field: str, default: datetime) -> datetime:
+    """An aware UTC timestamp from what the HTTP API accepts for it, parsed by the same pydantic
+    rules: a datetime, an ISO 8601 string or Unix seconds; naive values are taken as UTC."""
+    if value is None:
+        return default
+    if not isinstance(value, datetime):
+        try:
+            value = _DATETIME.validate_python(value)
+        except ValueError:
+            raise InputError(field, f"must be a timestamp, got {value!r:.50}",
+                             hint="ISO 8601, e.g. 2026-01-01T12:00:00Z, or Unix seconds") from None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
 
 def key_text(key: bytes) -> str:

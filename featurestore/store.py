@@ -303,12 +303,18 @@ class FeatureStore:
 
     def feedback_many(self, observations: "list[Mapping[str, Any] | FeedbackInput]") -> "FeedbackResult":
         """Record and learn a batch (mappings with the keys of ``POST /feedback``); the good
-        observations are accepted, the result lists the rejected ones with index and reason."""
+        observations are accepted, the result lists the rejected ones with index and reason.
+        A batch whose every observation is rejected raises ``AllRejectedError`` (with the
+        result): a caller cannot mistake it for success."""
         from featurestore.feedback import FeedbackInput
+        from featurestore.feedback.types import AllRejectedError
 
-        return self.feedback_service.submit(
+        result = self.feedback_service.submit(
             [o if isinstance(o, FeedbackInput) else FeedbackInput.from_dict(o) for o in observations]
         )
+        if result.rejected and not result.accepted:
+            raise AllRejectedError(result)
+        return result
 
     # -- push ---------------------------------------------------------------------------------
     # Events into a view's stream (docs/streaming.md); the logic lives in featurestore.push.

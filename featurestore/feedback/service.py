@@ -39,7 +39,7 @@ from featurestore.feedback.types import (
     FeedbackResult,
     Rejection,
 )
-from featurestore.inputs import key_text, label_value
+from featurestore.inputs import key_text, label_value, text_value, timestamp_value
 from featurestore.models.linear import StateBatch, learn_one, local_rows, sigmoid
 from featurestore.models.state_codec import BatchStateCodec
 from registry.errors import ConflictError, InputError, UserError
@@ -145,7 +145,8 @@ class FeedbackService:
         groups: dict[str, _Group] = {}
         defs = self.context.watcher.snapshot.definitions
         pids = [o.prediction_id for o in obs if isinstance(o, FeedbackInput) and isinstance(o.prediction_id, str)]
-        ids = [pid for pid in dict.fromkeys(pids) if 0 < len(pid) <= MAX_PREDICTION_ID]
+        # Only well-formed ids reach the query (a NUL would be an error of the database itself).
+        ids = [pid for pid in dict.fromkeys(pids) if 0 < len(pid) <= MAX_PREDICTION_ID and "\x00" not in pid]
         records = self.predictions.get_many(ids, wait_seconds=self.prediction_wait_seconds) if ids else {}
         positions: dict[str, dict[str, int]] = {}
         for i, o in enumerate(obs):
@@ -220,29 +221,17 @@ class FeedbackService:
                 raise InputError("model", exc.message, hint=exc.hint) from None
             group = groups[o.model] = _Group(plan)
         plan = group.plan
-        fid = o.feedback_id
-        if not isinstance(fid, str) or not 0 < len(fid) <= MAX_FEEDBACK_ID:
-            raise InputError("feedback_id", f"must be a string of 1 to {MAX_FEEDBACK_ID} characters, got {fid!r:.80}",
-                             hint="use an id unique per observation, e.g. a uuid; retries must reuse it")
+        fid = text_value(o.feedback_id, "feedback_id", MAX_FEEDBACK_ID,
+                         hint="use an id unique per observation, e.g. a uuid; retries must reuse it")
         label = label_value(o.label, plan.layout.objective, o.model)
         user = plan.user_key(o.user)
         item = plan.item_key(o.item)
-        ts = o.ts
-        if ts is None:
-            ts = received
-        elif not isinstance(ts, datetime):
-            raise InputError("ts", f"must be a timestamp, got {ts!r:.50}", hint="ISO 8601, e.g. 2026-01-01T12:00:00Z")
-        elif ts.tzinfo is None:
-            ts = ts.replace(tzinfo=timezone.utc)
-        sl = o.slice
-        if sl is not None and (not isinstance(sl, str) or len(sl) > MAX_SLICE):
-            raise InputError("slice", f"must be a string of at most {MAX_SLICE} characters")
-        pid = o.prediction_id
+        ts = timestamp_value(o.ts, "ts", received)
+        sl = None if o.slice is None else text_value(o.slice, "slice", MAX_SLICE)
+        pid = None if o.prediction_id is None else text_value(o.prediction_id, "prediction_id", MAX_PREDICTION_ID)
         row: np.ndarray | None = None
         request = np.empty(0)
         if pid is not None:
-            if not isinstance(pid, str) or not 0 < len(pid) <= MAX_PREDICTION_ID:
-                raise InputError("prediction_id", f"must be a string of 1 to {MAX_PREDICTION_ID} characters")
             row = self._served_row(pid, records.get(pid), o.model, user, item, plan, positions)
         if row is None:
             request = plan.request_vector(o.request_features)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from registry.errors import UserError
+from registry.errors import DataError, UserError
 
 MAX_BATCH = 10_000
 MAX_FEEDBACK_ID = 128
@@ -99,3 +99,20 @@ class FeedbackResult:
             "rejected": [r.to_dict() for r in self.rejected],
             "model_versions": self.model_versions,
         }
+
+
+class AllRejectedError(DataError):
+    """Every observation of a batch was rejected (``FeatureStore.feedback_many``): nothing was
+    logged or learned, which a caller must not mistake for success. ``result`` has the reasons."""
+
+    def __init__(self, result: FeedbackResult) -> None:
+        first = result.rejected[0]
+        super().__init__(
+            f"all {result.received:,} observation(s) were rejected; the first, #{first.index}: "
+            f"field `{first.field}`: {first.reason}",
+            hint=first.hint or "see result.rejected for every observation's reason",
+        )
+        self.result = result
+
+    def __reduce__(self) -> tuple:
+        return (AllRejectedError, (self.result,))

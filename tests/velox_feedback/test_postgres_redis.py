@@ -70,3 +70,10 @@ def test_feedback_on_postgres_and_redis(store: FeatureStore) -> None:
     assert view is not None and sorted(view["feedback_id"].to_pylist()) == sorted(o["feedback_id"] for o in batch)
     check = replay(store.context, "taste", write=False)
     assert (check.observations, check.changed) == (50, 0)
+
+
+@pytest.mark.parametrize("field", ["feedback_id", "slice", "prediction_id"])
+def test_a_nul_character_is_rejected_on_postgres_as_on_the_embedded_profile(store: FeatureStore, field: str) -> None:
+    good = {"model": "taste", "user": {"user_id": 1}, "item": {"item_id": 2}, "label": 3.0}
+    result = store.feedback_many([{**good, "feedback_id": "n0", field: "a\x00b"}, {**good, "feedback_id": "n1"}])
+    assert (result.new, [(r.index, r.field) for r in result.rejected]) == (1, [(0, field)])

@@ -12,6 +12,7 @@ import pytest
 
 from featurestore import FeatureStore
 from featurestore.feedback.log import FeedbackLog
+from featurestore.feedback.types import AllRejectedError
 from featurestore.inputs import entity_key, entity_keys
 from featurestore.models.prediction_log import PredictionLog
 from registry.errors import InputError, UserError
@@ -42,9 +43,11 @@ def test_predict_and_feedback_refuse_the_same_inputs(
     # The items of a prediction are a list: the item is `items.0` there, `item` in feedback.
     in_predict = "items.0" + field[len("item"):] if field.startswith("item") else field
     assert refused.value.field == in_predict
-    result = trained.feedback_many(
-        [{"model": model, "user": user, "item": item, "label": 1.0, "feedback_id": "bad", "request_features": given}]
-    )
+    with pytest.raises(AllRejectedError) as rejected:
+        trained.feedback_many(
+            [{"model": model, "user": user, "item": item, "label": 1.0, "feedback_id": "bad", "request_features": given}]
+        )
+    result = rejected.value.result
     assert result.new == 0 and [r.field for r in result.rejected] == [field]
     assert not [o for batch in FeedbackLog(trained.registry.engine, trained.project).read(model) for o in batch]
 
@@ -81,3 +84,37 @@ def test_prediction_ids_are_looked_up_in_one_query_and_waited_for_not_slept_on(t
         assert found["nope"] is None
     finally:
         other.close()
+
+
+GOOD = {"model": "taste", "user": {"user_id": 1}, "item": {"item_id": 2}, "label": 3.0}
+
+
+@pytest.mark.parametrize("field", ["feedback_id", "slice", "prediction_id"])
+def test_a_nul_character_is_one_rejection_naming_the_field_and_the_batch_goes_on(trained: FeatureStore, field: str) -> None:
+    # PostgreSQL cannot store NUL in text: refused before the database on every profile
+    # (tests/velox_feedback/test_postgres_redis.py runs the same on PostgreSQL).
+    bad = {**GOOD, "feedback_id": "nul-0", field: "a\x00b"}
+    result = trained.feedback_many([bad, {**GOOD, "feedback_id": "nul-1"}])
+    assert (result.new, [(r.index, r.field) for r in result.rejected]) == (1, [(0, field)])
+    assert "NUL" in result.rejected[0].reason
+
+
+def test_the_sdk_takes_the_timestamps_http_takes(trained: FeatureStore) -> None:
+    result = trained.feedback_many([
+        {**GOOD, "feedback_id": "ts-iso", "ts": "2026-01-02T03:04:05Z"},
+        {**GOOD, "feedback_id": "ts-unix", "ts": 1_767_323_045},
+    ])
+    assert result.new == 2
+    logged = {o.feedback_id: o.event_ts for batch in FeedbackLog(trained.registry.engine, trained.project).read("taste")
+              for o in batch}
+    assert logged["ts-iso"].isoformat() == logged["ts-unix"].isoformat() == "2026-01-02T03:04:05+00:00"
+    with pytest.raises(AllRejectedError, match="field `ts`: must be a timestamp"):
+        trained.feedback_many([{**GOOD, "feedback_id": "ts-bad", "ts": "yesterday"}])
+
+
+def test_a_batch_with_every_observation_rejected_cannot_pass_for_success(trained: FeatureStore) -> None:
+    with pytest.raises(AllRejectedError, match="all 2 observation") as refused:
+        trained.feedback_many([{**GOOD, "feedback_id": "x", "label": "high"}, {**GOOD, "feedback_id": "y", "model": "nope"}])
+    assert [r.field for r in refused.value.result.rejected] == ["label", "model"]
+    # One good observation among bad ones is a result to read, not an error.
+    assert trained.feedback_many([{**GOOD, "feedback_id": "z"}, {**GOOD, "feedback_id": "w", "label": "high"}]).new == 1

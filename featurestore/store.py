@@ -291,14 +291,15 @@ class FeatureStore:
         1
         """
         from featurestore.feedback import FeedbackInput
-        from registry.errors import DataError
+        from registry.errors import ConflictError, DataError
 
         result = self.feedback_service.submit(
             [FeedbackInput(model, user, item, label, feedback_id, prediction_id, ts, slice, request_features)]
         )
         if result.rejected:
             bad = result.rejected[0]
-            raise DataError(f"field `{bad.field}`: {bad.reason}", hint=bad.hint)
+            error = ConflictError if bad.status == 409 else DataError
+            raise error(f"field `{bad.field}`: {bad.reason}", hint=bad.hint)
         return result
 
     def feedback_many(self, observations: "list[Mapping[str, Any] | FeedbackInput]") -> "FeedbackResult":

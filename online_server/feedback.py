@@ -26,11 +26,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from featurestore.feedback import MAX_BATCH, FeedbackInput, FeedbackResult, FeedbackService
+from featurestore.feedback import (
+    MAX_BATCH,
+    FeedbackInput,
+    FeedbackResult,
+    FeedbackService,
+)
 from featurestore.feedback.maintenance import Maintenance
 from featurestore.store import FeatureStore
 from online_server.http import ERRORS, ShutdownHook, body_errors, error_response
 from online_server.metrics import Collected, Family, Registry
+from online_server.schemas import ErrorResponse
 
 JoinKeyValue = int | str
 
@@ -98,7 +104,7 @@ def router(store: FeatureStore, registry: Registry, at_shutdown: ShutdownHook) -
     @routes.post(
         "/feedback",
         response_model=FeedbackResponse,
-        responses=ERRORS,
+        responses={**ERRORS, 409: {"model": ErrorResponse}},
         tags=["models"],
         openapi_extra=_body_schema(),
     )
@@ -124,7 +130,10 @@ def router(store: FeatureStore, registry: Registry, at_shutdown: ShutdownHook) -
         rejected.sort(key=lambda r: r["index"])
         if not batch and rejected:
             bad = rejected[0]
-            return error_response(422, "ValidationError", f"field `{bad['field']}`: {bad['reason']}", bad.get("hint"),
+            # A feedback_id reused for another observation is a conflict (409), as for /push.
+            status = result.rejected[0].status if result.rejected else 422
+            kind = "ConflictError" if status == 409 else "ValidationError"
+            return error_response(status, kind, f"field `{bad['field']}`: {bad['reason']}", bad.get("hint"),
                                   fields=[{"field": bad["field"], "message": bad["reason"]}])
         if invalid:
             svc.note_rejected("(invalid)", len(invalid))

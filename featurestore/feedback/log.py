@@ -154,6 +154,23 @@ class FeedbackLog:
             raw.close()
         return inserted
 
+    def logged(self, feedback_ids: Sequence[str]) -> dict[str, tuple[str, str, str, float]]:
+        """(model, user_key, item_key, label) of each logged id among ``feedback_ids``: what a
+        retry must repeat to be a duplicate (one query per 1,000 ids)."""
+        f = t.feedback
+        ids = list(dict.fromkeys(feedback_ids))
+        out: dict[str, tuple[str, str, str, float]] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 1_000):
+                rows = conn.execute(
+                    sa.select(f.c.feedback_id, f.c.model, f.c.user_key, f.c.item_key, f.c.label).where(
+                        f.c.project == self.project, f.c.feedback_id.in_(ids[start : start + 1_000])
+                    )
+                ).all()
+                for fid, model, user, item, label in rows:
+                    out[fid] = (model, user, item, float(label))
+        return out
+
     def read(
         self, model: str, model_version: int | None = None, after_seq: int = 0, batch: int = 10_000
     ) -> Iterator[list[LoggedObservation]]:

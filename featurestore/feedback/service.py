@@ -44,6 +44,8 @@ from featurestore.models.linear import StateBatch, learn_one, local_rows, sigmoi
 from featurestore.models.state_codec import BatchStateCodec
 from registry.errors import ConflictError, InputError, UserError
 
+_REUSED_HINT = "give every observation its own feedback_id; a retry must repeat the observation exactly"
+
 if TYPE_CHECKING:
     from featurestore.context import ServiceContext
     from featurestore.models.plan import ModelPlan, Planner
@@ -72,6 +74,7 @@ class _Stage:
     """One model's accepted observations of a request, scored and ready to log and learn."""
 
     group: _Group
+    indices: list[int]  # each observation's index in the request
     keys: list[bytes]  # distinct users
     rows: np.ndarray  # observation -> index into keys
     blobs: list[bytes | None]  # the users' states as read (the compare-and-swap expectation)
@@ -171,18 +174,25 @@ class FeedbackService:
         staged = [self._stage(group, X, keep) for group, X, keep in ready]
         to_log = [o for stage in staged for o in stage.observations]
         flags = self.log.append(to_log) if to_log else []
+        reused = self._reused(to_log, flags)
 
         new = duplicates = retries = 0
         offset = 0
         counters = self.counters
         for stage in staged:
-            fresh = np.asarray(flags[offset : offset + len(stage.observations)], dtype=bool)
-            offset += len(stage.observations)
+            n = len(stage.observations)
+            fresh = np.asarray(flags[offset : offset + n], dtype=bool)
+            for k in range(n):
+                why = reused.get(offset + k)
+                if why is not None:
+                    rejected.append(Rejection(stage.indices[k], "feedback_id", why, _REUSED_HINT, status=409))
+            conflicts = sum(1 for k in range(n) if offset + k in reused)
+            offset += n
             retries += self._learn(stage, fresh)
             self._monitor(stage, fresh)
             n_new = int(fresh.sum())
             new += n_new
-            duplicates += len(fresh) - n_new
+            duplicates += n - n_new - conflicts
             counters.count(stage.group.plan.model, "new", n_new)
             counters.count(stage.group.plan.model, "duplicate", len(fresh) - n_new)
         for r in rejected:
@@ -200,6 +210,25 @@ class FeedbackService:
         )
 
     # -- steps ------------------------------------------------------------------------------------
+    def _reused(self, logged: list[Observation], fresh: list[bool]) -> dict[int, str]:
+        """Positions of ``logged`` whose feedback_id was already logged (before, or earlier in
+        this request) with another model, user, item or label: a reused id, not a retry."""
+        stale = [o.feedback_id for o, f in zip(logged, fresh) if not f]
+        if not stale:
+            return {}
+        stored = self.log.logged(stale)
+        out: dict[int, str] = {}
+        for k, (o, f) in enumerate(zip(logged, fresh)):
+            first = stored.get(o.feedback_id)
+            if f or first is None:
+                continue
+            mine = (o.model, o.user_key, o.item_key, float(o.label))
+            if mine != first:
+                out[k] = (f"feedback_id {o.feedback_id!r} was already used for another observation "
+                          f"(model {first[0]!r}, user {first[1]!r}, item {first[2]!r}, label {first[3]:g}); "
+                          "this one was not recorded")
+        return out
+
     def _prepare(
         self,
         o: Any,
@@ -354,7 +383,8 @@ class FeedbackService:
             )
             for k, j in enumerate(sel.tolist())
         ]
-        return _Stage(group, keys, rows, blobs, batch, X, y, personal, average, cohorts, observations)
+        indices = [group.index[j] for j in sel.tolist()]
+        return _Stage(group, indices, keys, rows, blobs, batch, X, y, personal, average, cohorts, observations)
 
     def _learn(self, stage: _Stage, fresh: np.ndarray) -> int:
         """Learn the new observations and swap the states in; returns how many retries it took."""

@@ -65,6 +65,8 @@ class Rejection:
     field: str
     reason: str
     hint: str | None = None
+    #: 422 for a bad value; 409 for a ``feedback_id`` already logged with another observation.
+    status: int = 422
 
     def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "field": self.field, "reason": self.reason, "hint": self.hint}

@@ -49,6 +49,8 @@ def test_single_observation(client: TestClient) -> None:
         ({"model": "ctx", "label": 2.0, "request_features": {"hour": 1.0}}, "label", "0 or 1"),
         ({"item": {"item_id": 20}}, "item", "missing features"),
         ({"model": "nope"}, "model", "no model named"),
+        ({"slice": "web\u0000"}, "slice", "NUL"),
+        ({"feedback_id": "a\u0000b"}, "feedback_id", "NUL"),
     ],
 )
 def test_a_bad_observation_is_a_422_naming_the_field(client: TestClient, change: dict, field: str, text: str) -> None:
@@ -113,3 +115,14 @@ def test_feedback_needs_write_and_admin_routes_need_admin(client: TestClient) ->
     assert client.post("/models/nope/activate", json={"version": 1}, headers=A).status_code == 404
     r = client.post("/models/taste/activate", json={"version": 1, "force": True}, headers=A)
     assert r.status_code == 422 and "force" in r.json()["error"]["message"]
+
+
+def test_a_feedback_id_reused_for_another_observation_is_a_409(client: TestClient) -> None:
+    assert client.post("/feedback", json=GOOD, headers=W).status_code == 200
+    r = client.post("/feedback", json={**GOOD, "label": 1.0}, headers=W)
+    assert r.status_code == 409, r.text
+    error = r.json()["error"]
+    assert error["type"] == "ConflictError" and error["fields"][0]["field"] == "feedback_id"
+    # In a batch it is listed with the rejected ones; an exact retry is still a duplicate.
+    body = client.post("/feedback", json={"observations": [GOOD, {**GOOD, "label": 1.0}]}, headers=W).json()
+    assert (body["duplicates"], [r["field"] for r in body["rejected"]]) == (1, ["observations.1.feedback_id"])

@@ -12,7 +12,7 @@ from featurestore.feedback.log import FeedbackLog
 from featurestore.models.linear import learn_one
 from featurestore.models.state_codec import decode_state, encode_state
 from featurestore.models.state_store import ModelStateStore
-from registry.errors import DataError
+from registry.errors import ConflictError, DataError
 from tests.velox.conftest import NOW_US, VEC, item_x, key, user_activity
 from tests.velox_feedback.conftest import assert_same_state, state
 
@@ -41,13 +41,16 @@ def test_a_retry_changes_nothing(trained: FeatureStore) -> None:
     stored = encode_state(state(trained, key(2)))
     retry = trained.feedback("taste", {"user_id": 2}, {"item_id": 5}, 4.0, "same")
     assert (retry.new, retry.duplicates) == (0, 1)
-    # Duplicates inside one batch count once, and only the first is learned.
+    # Duplicates inside one batch count once, and only the first is learned; an id reused for
+    # another observation is not a duplicate but a conflict, and is not recorded.
     batch = trained.feedback_many([
+        {"model": "taste", "user": {"user_id": 2}, "item": {"item_id": 6}, "label": 1.0, "feedback_id": "b"},
         {"model": "taste", "user": {"user_id": 2}, "item": {"item_id": 6}, "label": 1.0, "feedback_id": "b"},
         {"model": "taste", "user": {"user_id": 2}, "item": {"item_id": 7}, "label": 9.0, "feedback_id": "b"},
         {"model": "taste", "user": {"user_id": 2}, "item": {"item_id": 5}, "label": 4.0, "feedback_id": "same"},
     ])
     assert (batch.new, batch.duplicates) == (1, 2)
+    assert [(r.index, r.field, r.status) for r in batch.rejected] == [(2, "feedback_id", 409)]
     expected = learn_one(decode_state(stored), item_x(6), 1.0)
     assert_same_state(state(trained, key(2)), expected, tol=1e-12)
     assert [o.feedback_id for o in logged(trained)] == ["same", "b"]
@@ -194,3 +197,15 @@ def test_a_lost_compare_and_swap_is_re_read_and_retried(trained: FeatureStore, s
     for u in set(users) - {1}:
         k = users.index(u)
         assert_same_state(state(trained, key(u)), learn_one(before[u], item_x(10 + k), 1.0 + k), tol=1e-12)
+
+
+def test_a_feedback_id_reused_for_another_observation_is_a_conflict_not_a_duplicate(trained: FeatureStore) -> None:
+    trained.feedback("taste", {"user_id": 3}, {"item_id": 4}, 2.0, "once")
+    stored = encode_state(state(trained, key(3)))
+    with pytest.raises(ConflictError, match="feedback_id 'once' was already used for another observation"):
+        trained.feedback("taste", {"user_id": 3}, {"item_id": 4}, 5.0, "once")  # another label
+    with pytest.raises(ConflictError):
+        trained.feedback("taste", {"user_id": 3}, {"item_id": 8}, 2.0, "once")  # another item
+    assert trained.feedback("taste", {"user_id": 3}, {"item_id": 4}, 2.0, "once").duplicates == 1  # a retry
+    assert encode_state(state(trained, key(3))) == stored  # none of them changed anything
+    assert [(o.label, o.item_key) for o in logged(trained) if o.feedback_id == "once"] == [(2.0, "4")]

@@ -15,6 +15,7 @@ b'7'
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from operator import itemgetter
@@ -37,8 +38,8 @@ def entity_key(names: tuple[str, ...], dtypes: tuple[str, ...], row: Any, field:
         if value is not None:
             try:
                 return encode_entity_key(dtypes, (value,))
-            except DataError as exc:
-                raise _bad_value(field, names, dtypes, exc) from None
+            except DataError:
+                raise bad_key_value(field, names, dtypes, row) from None
     if not isinstance(row, Mapping):
         raise InputError(field, f"must be a mapping of join keys to values, got {row!r:.80}",
                          hint=f"give {_describe(names, dtypes)}")
@@ -51,8 +52,8 @@ def entity_key(names: tuple[str, ...], dtypes: tuple[str, ...], row: Any, field:
                          hint=f"give exactly {_describe(names, dtypes)}")
     try:
         return encode_entity_key(dtypes, [row[name] for name in names])
-    except DataError as exc:
-        raise _bad_value(field, names, dtypes, exc) from None
+    except DataError:
+        raise bad_key_value(field, names, dtypes, row) from None
 
 
 def entity_keys(
@@ -75,14 +76,18 @@ def entity_keys(
 
 
 def request_vector(names: Sequence[str], given: Any, model: str) -> np.ndarray:
-    """The model's request features as a vector, in the layout's order. Names the model does
-    not use are ignored; every used one must be a finite number."""
-    if not names:
-        return np.empty(0)
+    """The model's request features as a vector, in the layout's order: every one of them a
+    finite number, and no name the model does not have (a typo would otherwise go unnoticed)."""
     if given is None:
         given = {}
     if not isinstance(given, Mapping):
         raise InputError("request_features", "must be a mapping of request feature names to numbers")
+    if not names and not given:
+        return np.empty(0)
+    unknown = [name for name in given if name not in names]
+    if unknown:
+        raise InputError(f"request_features.{unknown[0]}", f"is not a request feature of model {model!r}",
+                         hint="its request features: " + ", ".join(names))
     missing = [name for name in names if given.get(name) is None]
     if missing:
         raise InputError(
@@ -149,5 +154,16 @@ def _describe(names: tuple[str, ...], dtypes: tuple[str, ...]) -> str:
     return ", ".join(f"{n} ({d})" for n, d in zip(names, dtypes))
 
 
-def _bad_value(field: str, names: tuple[str, ...], dtypes: tuple[str, ...], exc: DataError) -> InputError:
-    return InputError(field, f"has a bad join key value: {exc.message}", hint=exc.hint or f"join keys: {_describe(names, dtypes)}")
+def bad_key_value(field: str, names: Sequence[str], dtypes: Sequence[str], row: Mapping[str, Any]) -> InputError:
+    """The error naming the join key of ``row`` the codec refuses: ``{field}.{key}``."""
+    for name, dtype in zip(names, dtypes):
+        try:
+            encode_entity_key((dtype,), (row[name],))
+        except DataError as exc:
+            reason = _CODEC_PREFIX.sub("", exc.message)
+            return InputError(f"{field}.{name}", f"({dtype}) {reason}", hint=exc.hint or f"join keys: {_describe(names, dtypes)}")
+    return InputError(field, "is not a valid key", hint=f"join keys: {_describe(names, dtypes)}")
+
+
+# The codec says "join key #0 (int64) is out of range: ..."; the field path says which key it is.
+_CODEC_PREFIX = re.compile(r"^join key #\d+ (\([^)]*\) )?")

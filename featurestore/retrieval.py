@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
+from featurestore.inputs import bad_key_value
 from featurestore.online.codec import ValueCodec, encode_entity_key, encode_int_keys
 from registry.definitions import Definitions
-from registry.errors import UserError
+from registry.errors import DataError, InputError, UserError
 
 if TYPE_CHECKING:
     import pandas
@@ -263,13 +264,17 @@ def _keys(vp: _ViewPlan, rows: Sequence[Mapping[str, Any]]) -> list[bytes]:
 
 
 def _key(vp: _ViewPlan, row: Mapping[str, Any], index: int) -> bytes:
+    field = f"entity_rows.{index}"
     try:
         values = [row[k] for k in vp.key_names]
     except KeyError as exc:
-        raise UserError(
-            f"entity row {index} has no join key {exc.args[0]!r} needed by view {vp.view!r}",
+        raise InputError(
+            field, f"has no join key {exc.args[0]!r} needed by view {vp.view!r}",
             hint=f"give every entity row the keys {', '.join(vp.key_names)}",
         ) from None
     except TypeError:
-        raise UserError(f"entity row {index} is not a mapping of join keys to values") from None
-    return encode_entity_key(vp.key_dtypes, values)
+        raise InputError(field, "is not a mapping of join keys to values") from None
+    try:
+        return encode_entity_key(vp.key_dtypes, values)
+    except DataError:
+        raise bad_key_value(field, vp.key_names, vp.key_dtypes, row) from None

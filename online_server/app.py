@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from featurestore.store import FeatureStore
 from online_server import feedback, models_admin, predict, push
@@ -37,7 +38,7 @@ from online_server.http import (
     validation_response,
 )
 from online_server.schemas import FeaturesRequest, FeaturesResponse, HealthResponse
-from registry.errors import FeatureStoreError, StoreUnavailableError
+from registry.errors import FeatureStoreError, InputError, StoreUnavailableError
 
 
 class ServerMetrics:
@@ -138,11 +139,21 @@ def create_app(store: FeatureStore, *, owns_store: bool = False) -> FastAPI:
     def store_error_response(exc: FeatureStoreError) -> JSONResponse:
         if isinstance(exc, StoreUnavailableError):
             server_metrics.store_errors.inc("online")
-        return error_response(exc.http_status, type(exc).__name__, exc.message, exc.hint, exc.retryable)
+        fields = [{"field": exc.field, "message": exc.reason}] if isinstance(exc, InputError) else None
+        return error_response(exc.http_status, type(exc).__name__, exc.message, exc.hint, exc.retryable, fields)
 
     @app.exception_handler(FeatureStoreError)
     async def _store_error(request: Request, exc: FeatureStoreError) -> JSONResponse:
         return store_error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # An unknown path (404) or method (405) answers the same error object as the rest.
+        response = error_response(exc.status_code, "HTTPError", str(exc.detail),
+                                  "see the endpoints at /docs" if exc.status_code in (404, 405) else None)
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

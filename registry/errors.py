@@ -11,7 +11,7 @@ online server maps it to; the CLI maps ``UserError`` to exit code 1 and everythi
     │   ├── DefinitionError           YAML definitions; carries every DefinitionIssue of a run
     │   ├── NotFoundError     (404)   an unknown object, feature reference, version
     │   ├── BreakingChangeError (409) apply refused a breaking change
-    │   ├── InputError                one field of a request is bad; ``field`` names it
+    │   ├── InputError        (422)   one field of a request is bad; ``field`` names it
     │   └── DataError         (422)   source data does not match its definition
     ├── ConflictError         (409, retryable)  optimistic concurrency lost a race
     └── StoreUnavailableError (503, retryable)  Redis / PostgreSQL / a file store is down
@@ -92,8 +92,11 @@ class BreakingChangeError(UserError):
 
 
 class InputError(UserError):
-    """One field of a request (predict, feedback) is bad. ``field`` is its path in the request,
-    e.g. ``user``, ``items.3``, ``request_features.hour``; ``reason`` reads after it."""
+    """One field of a request (features, predict, feedback) is bad. ``field`` is its path in the
+    request, e.g. ``user.user_id``, ``items.3``, ``entity_rows.0.item_id``,
+    ``request_features.hour``; ``reason`` reads after it."""
+
+    http_status = 422
 
     def __init__(self, field: str, reason: str, *, hint: str | None = None) -> None:
         super().__init__(f"`{field}` {reason}", hint=hint)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from featurestore import FeatureStore, NotFoundError, UserError
+from registry.errors import InputError
 from tests.retrieval.conftest import DEFS, NOW_US
 
 
@@ -62,8 +63,15 @@ def test_unknown_reference_names_the_nearest(store: FeatureStore) -> None:
 
 
 def test_missing_join_key_is_a_user_error(store: FeatureStore) -> None:
-    with pytest.raises(UserError, match="entity row 1 has no join key 'user_id'"):
+    with pytest.raises(UserError, match="`entity_rows.1` has no join key 'user_id'"):
         store.get_online_features(["user_stats:clicks"], [{"user_id": 1}, {"uid": 2}])
+
+
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, "7", None, 1.5])
+def test_a_bad_join_key_value_names_the_row_and_the_key(store: FeatureStore, value: object) -> None:
+    with pytest.raises(InputError) as refused:
+        store.get_online_features(["user_stats:clicks"], [{"user_id": 1}, {"user_id": value}])
+    assert refused.value.field == "entity_rows.1.user_id" and refused.value.http_status == 422
 
 
 def test_pandas_arrow_and_async(store: FeatureStore) -> None:

@@ -65,10 +65,21 @@ def test_unknown_feature_is_404_with_suggestion(client: TestClient) -> None:
     assert "did you mean 'user_stats:clicks'" in r.json()["error"]["message"]
 
 
-def test_missing_join_key_is_400(client: TestClient) -> None:
+def test_a_bad_join_key_is_a_422_naming_the_row_and_the_key(client: TestClient) -> None:
     r = client.post("/features", json={"features": ["user_stats:clicks"], "entity_rows": [{"item_id": 1}]})
-    assert r.status_code == 400
-    assert "no join key 'user_id'" in r.json()["error"]["message"]
+    assert r.status_code == 422
+    assert "`entity_rows.0` has no join key 'user_id'" in r.json()["error"]["message"]
+    r = client.post("/features", json={"features": ["user_stats:clicks"], "entity_rows": [{"user_id": 2**64}]})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["fields"] == [{"field": "entity_rows.0.user_id", "message": "(int64) is out of range: 18446744073709551616"}]
+
+
+def test_an_unknown_path_or_method_answers_the_error_object(client: TestClient) -> None:
+    r = client.get("/nope")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "HTTPError"
+    r = client.get("/features")
+    assert r.status_code == 405 and set(r.json()["error"]) >= {"type", "message", "hint", "retryable"}
+    assert "POST" in r.headers["allow"]
 
 
 def test_health_and_metrics(client: TestClient) -> None:

@@ -97,9 +97,11 @@ def test_unknown_model_is_404_with_the_nearest_name(client: TestClient) -> None:
     assert r.status_code == 404 and "has no trained version" in r.json()["error"]["message"]
 
 
-def test_missing_join_key_is_400(client: TestClient) -> None:
+def test_a_bad_join_key_is_a_422_naming_it(client: TestClient) -> None:
     r = client.post("/predict", json={"model": "taste", "user": {"user_id": 1}, "items": [{"sku": 1}]})
-    assert r.status_code == 400 and "`items.0` has no join key 'item_id'" in r.json()["error"]["message"]
+    assert r.status_code == 422 and "`items.0` has no join key 'item_id'" in r.json()["error"]["message"]
+    r = client.post("/predict", json={"model": "taste", "user": {"user_id": 2**70}, "items": [{"item_id": 1}]})
+    assert r.status_code == 422 and r.json()["error"]["fields"][0]["field"] == "user.user_id"
 
 
 def test_metrics_and_openapi(client: TestClient) -> None:

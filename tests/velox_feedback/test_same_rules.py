@@ -27,8 +27,10 @@ BAD: list[tuple[str, str, Any, Any, Any, str]] = [
     ("bool request feature", "ctx", {"user_id": 1}, {"item_id": 1}, {"hour": True}, "request_features.hour"),
     ("extra user key", "taste", {"user_id": 1, "region": "eu"}, {"item_id": 1}, None, "user.region"),
     ("missing user key", "taste", {"uid": 1}, {"item_id": 1}, None, "user"),
-    ("int64 key out of range", "taste", {"user_id": 2**70}, {"item_id": 1}, None, "user"),
-    ("str for an int key", "taste", {"user_id": "7"}, {"item_id": 1}, None, "user"),
+    ("int64 key out of range", "taste", {"user_id": 2**70}, {"item_id": 1}, None, "user.user_id"),
+    ("str for an int key", "taste", {"user_id": "7"}, {"item_id": 1}, None, "user.user_id"),
+    ("int64 item key out of range", "taste", {"user_id": 1}, {"item_id": -(2**63) - 1}, None, "item.item_id"),
+    ("unknown request feature", "ctx", {"user_id": 1}, {"item_id": 1}, {"hour": 1.0, "hours": 2.0}, "request_features.hours"),
     ("item not a mapping", "taste", {"user_id": 1}, [1], None, "item"),
     ("extra item key", "taste", {"user_id": 1}, {"item_id": 1, "sku": 2}, None, "item.sku"),
 ]
@@ -58,7 +60,7 @@ def test_the_vectorised_key_path_and_the_row_path_agree() -> None:
     fast = entity_keys(names, dtypes, rows, "items", "item")
     slow = [entity_key(names, dtypes, row, f"items.{i}", "item") for i, row in enumerate(rows)]
     assert fast[0] == slow and fast[1] == [k.decode() for k in slow]
-    for bad, field in (([{"item_id": 1}, {"item_id": 2**63}], "items.1"), ([{"item_id": 1}, {"x": 1}], "items.1")):
+    for bad, field in (([{"item_id": 1}, {"item_id": 2**63}], "items.1.item_id"), ([{"item_id": 1}, {"x": 1}], "items.1")):
         with pytest.raises(InputError) as refused:
             entity_keys(names, dtypes, bad, "items", "item")
         assert refused.value.field == field

@@ -77,7 +77,7 @@ def test_a_batch_accepts_the_good_ones_and_says_why_not_the_others(trained: Feat
     assert (result.new, result.duplicates) == (2, 0)
     reasons = {r.index: (r.field, r.reason) for r in result.rejected}
     assert {i: f for i, (f, _) in reasons.items()} == {
-        1: "model", 2: "prediction_id", 3: "item", 4: "user", 5: "label", 6: "item", 7: "user",
+        1: "model", 2: "prediction_id", 3: "item", 4: "user", 5: "label", 6: "item", 7: "user.user_id",
         8: "label", 9: "request_features", 10: "feedback_id",
     }
     assert "did you mean 'taste'" in reasons[1][1]

@@ -73,6 +73,11 @@ class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64)
+    max_body_bytes: int = Field(
+        8 << 20, ge=1024,
+        description="Largest request body accepted (413 beyond it, refused before it is read); "
+        "a batch of 10,000 feedback observations is about 2 MB.",
+    )
 
 
 class RepoConfig(_Section):

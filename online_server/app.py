@@ -29,6 +29,7 @@ from featurestore.store import FeatureStore
 from online_server import feedback, models_admin, predict, push
 from online_server import metrics as m
 from online_server.auth import AuthMiddleware, TokenAuth
+from online_server.body_guard import BodyGuard
 from online_server.http import (
     ERRORS,
     body_errors,
@@ -192,6 +193,8 @@ def create_app(store: FeatureStore, *, owns_store: bool = False) -> FastAPI:
     # The hot endpoint bypasses FastAPI's routing and dependency resolution (about a quarter of
     # its cost); the declared route below stays for the OpenAPI schema and /docs.
     app.add_middleware(_FastPath, path="/features", method="POST", handler=features_response)
+    # JSON bodies of bounded size only (415, 413), before anything reads a body.
+    app.add_middleware(BodyGuard, max_body_bytes=store.config.server.max_body_bytes)
     # Middleware added last runs first: auth refuses a request before any work, then timing.
     app.add_middleware(_TimingMiddleware, server_metrics=server_metrics)
     app.add_middleware(AuthMiddleware, auth=TokenAuth(store.config.server.tokens))

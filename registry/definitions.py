@@ -88,7 +88,7 @@ class Definitions:
         bucket = getattr(self, KINDS[kind])
         if name not in bucket:
             raise NotFoundError(
-                f"no {kind.replace('_', ' ')} named {name!r}{_suggest(name, bucket)}",
+                f"no {kind.replace('_', ' ')} named {shown(name)}{_suggest(name, bucket)}",
                 hint="run `featurestore registry show` to list what is applied",
             )
         return bucket[name]
@@ -118,7 +118,7 @@ class Definitions:
         view = self.feature_views.get(view_name)
         if view is None:
             raise NotFoundError(
-                f"unknown feature view {view_name!r} in reference {ref!r}"
+                f"unknown feature view {shown(view_name)} in reference {shown(ref)}"
                 f"{_suggest(view_name, self.feature_views)}",
                 hint="write references as `view:feature` or `view`",
             )
@@ -130,7 +130,7 @@ class Definitions:
                 f"{v}:{f.name}" for v, spec in self.feature_views.items() for f in spec.features
             ]
             raise NotFoundError(
-                f"unknown feature {ref!r}{_suggest(ref, candidates)}",
+                f"unknown feature {shown(ref)}{_suggest(ref, candidates)}",
                 hint=f"view {view_name!r} has: {', '.join(names)}",
             )
         return [FeatureRef(view_name, feature_name)]
@@ -140,6 +140,18 @@ class Definitions:
         return next(f for f in view.features if f.name == ref.feature)
 
 
+def shown(text: str, limit: int = 80) -> str:
+    """``text`` for an error message: repr'd and cut to ``limit`` characters, so a huge name sent
+    by a client is not echoed back whole.
+
+    >>> shown("x" * 100, 10)
+    "'xxxxxxxxxx…' (100 characters)"
+    """
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}"[:-1] + f"…' ({len(text):,} characters)"
+
+
 def _suggest(name: str, options: Any) -> str:
+    if len(name) > 200:  # no name is that long; difflib would spend seconds indexing it
+        return ""
     close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
     return f"; did you mean {close[0]!r}?" if close else ""

@@ -83,7 +83,8 @@ def test_a_batch_accepts_the_good_ones_and_lists_the_rest(client: TestClient) ->
     assert client.post("/feedback", json={"observations": []}, headers=W).status_code == 422
     r = client.post("/feedback", json={"observations": [GOOD], "more": 1}, headers=W)
     assert r.status_code == 422 and r.json()["error"]["fields"][0]["field"] == "more"
-    assert client.post("/feedback", content=b"{not json", headers=W).status_code == 422
+    assert client.post("/feedback", content=b"{not json", headers={**W, "Content-Type": "application/json"}).status_code == 422
+    assert client.post("/feedback", content=b"{not json", headers=W).status_code == 415  # JSON only
 
 
 def test_metrics_show_counts_and_losses(client: TestClient) -> None:

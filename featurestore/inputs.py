@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from operator import itemgetter
 from typing import Any
@@ -104,8 +105,9 @@ def request_vector(names: Sequence[str], given: Any, model: str) -> np.ndarray:
     return out
 
 
-def label_value(value: Any, objective: str, model: str) -> float:
-    """A label as a float: finite, and 0 or 1 for a logistic model."""
+def label_value(value: Any, objective: str, model: str, bounds: LabelBounds | None = None) -> float:
+    """A label as a float: finite, 0 or 1 for a logistic model, and within the model's bounds
+    (one huge but finite label would otherwise poison a user's model for good)."""
     if isinstance(value, bool):
         value = float(value)
     if not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -114,7 +116,37 @@ def label_value(value: Any, objective: str, model: str) -> float:
     if objective == "logistic" and label not in (0.0, 1.0):
         raise InputError("label", f"model {model!r} is logistic: the label must be 0 or 1, got {label:g}",
                          hint="send 1 for a positive outcome (a click), 0 otherwise")
+    if bounds is not None and not bounds.low <= label <= bounds.high:
+        raise InputError("label", f"must lie in [{bounds.low:g}, {bounds.high:g}] for model {model!r} "
+                         f"({bounds.source}), got {label:g}",
+                         hint="send a label on the model's scale, or declare its `label_range`")
     return label
+
+
+@dataclass(frozen=True)
+class LabelBounds:
+    """The labels a model accepts: declared (``label_range``) or learned from its training."""
+
+    low: float
+    high: float
+    source: str
+
+    @classmethod
+    def of(cls, declared: tuple[float, float] | None, metrics: Mapping[str, Any]) -> LabelBounds | None:
+        """The declared range; else the training labels' range widened by its width (at least 1)
+        on each side; None for a version trained before the range was recorded.
+
+        >>> LabelBounds.of(None, {"label_min": 1.0, "label_max": 5.0})
+        LabelBounds(low=-3.0, high=9.0, source='the training labels 1..5, widened by 4 each side')
+        """
+        if declared is not None:
+            return cls(float(declared[0]), float(declared[1]), "its label_range")
+        low, high = metrics.get("label_min"), metrics.get("label_max")
+        if low is None or high is None:
+            return None
+        width = max(float(high) - float(low), 1.0)
+        return cls(float(low) - width, float(high) + width,
+                   f"the training labels {low:g}..{high:g}, widened by {width:g} each side")
 
 
 def text_value(value: Any, field: str, max_length: int, hint: str | None = None) -> str:

@@ -8,6 +8,7 @@ The JSON Schema published by ``featurestore schema`` is generated from ``Definit
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal, Union
 
@@ -245,11 +246,20 @@ class ModelSpec(Described):
     slice_column: Name | None = None
     stale_margin: float = Field(0.1, ge=0, description="Relative loss rise that flags staleness.")
     auto_retrain: bool = False
+    label_range: tuple[float, float] | None = Field(
+        None,
+        description="[low, high]: feedback labels outside it are refused. Default: the training "
+        "labels' range, widened by its width on each side.",
+    )
 
     @model_validator(mode="after")
     def _features_given(self) -> "ModelSpec":
         if not self.features and self.feature_service is None:
             raise ValueError("give `features` or a `feature_service`")
+        if self.label_range is not None:
+            low, high = self.label_range
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise ValueError(f"label_range must be two finite numbers, low < high, got {list(self.label_range)}")
         return self
 
 

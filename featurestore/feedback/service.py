@@ -39,7 +39,7 @@ from featurestore.feedback.types import (
     FeedbackResult,
     Rejection,
 )
-from featurestore.inputs import key_text, label_value, text_value, timestamp_value
+from featurestore.inputs import key_text, text_value, timestamp_value
 from featurestore.models.linear import StateBatch, learn_one, local_rows, sigmoid
 from featurestore.models.state_codec import BatchStateCodec
 from registry.errors import ConflictError, InputError, UserError
@@ -171,7 +171,7 @@ class FeedbackService:
                 ready.append((group, X, keep))
 
         # Score before learning, from one read of every user's state.
-        staged = [self._stage(group, X, keep) for group, X, keep in ready]
+        staged = [stage for group, X, keep in ready if (stage := self._stage(group, X, keep, rejected)) is not None]
         to_log = [o for stage in staged for o in stage.observations]
         flags = self.log.append(to_log) if to_log else []
         reused = self._reused(to_log, flags)
@@ -252,7 +252,7 @@ class FeedbackService:
         plan = group.plan
         fid = text_value(o.feedback_id, "feedback_id", MAX_FEEDBACK_ID,
                          hint="use an id unique per observation, e.g. a uuid; retries must reuse it")
-        label = label_value(o.label, plan.layout.objective, o.model)
+        label = plan.label(o.label)
         user = plan.user_key(o.user)
         item = plan.item_key(o.item)
         ts = timestamp_value(o.ts, "ts", received)
@@ -348,12 +348,17 @@ class FeedbackService:
         X[need] = Z
         return X, bad
 
-    def _stage(self, group: _Group, X: np.ndarray, keep: np.ndarray) -> _Stage:
+    def _stage(self, group: _Group, X: np.ndarray, keep: np.ndarray, rejected: list[Rejection]) -> _Stage | None:
+        """Score the kept observations with their users' states; None when none is left.
+
+        An observation whose prediction, loss or update would not be finite (feature values so
+        large they overflow) is rejected here, before anything is logged: nothing may fail, or
+        poison a state, after the commit."""
         plan = group.plan
         layout = plan.layout
         sel = np.flatnonzero(keep)
         users = [group.users[j] for j in sel.tolist()]
-        X = X[sel]
+        X_all, X = X, X[sel]
         y = np.asarray([group.labels[j] for j in sel.tolist()], dtype=np.float64)
         keys, rows = _distinct(users)
         states = plan.states  # ModelStateStore: layout and average already loaded by the plan
@@ -361,8 +366,21 @@ class FeedbackService:
         w_avg = states.average()
         batch, stored = BatchStateCodec.of(layout.d).decode(blobs, w_avg, layout.l2)
         known = stored & (batch.n - batch.version > 0)
-        personal = np.einsum("md,md->m", batch.w[rows], X)
-        average = X @ w_avg
+        with np.errstate(over="ignore", invalid="ignore"):
+            personal = np.einsum("md,md->m", batch.w[rows], X)
+            average = X @ w_avg
+            spread = np.einsum("md,mde,me->m", X, batch.A_inv[rows], X)  # the update's denominator
+            finite = np.isfinite(personal) & np.isfinite(average) & np.isfinite(spread)
+            finite &= np.isfinite((y - personal) ** 2) & np.isfinite((y - average) ** 2)
+        if not finite.all():
+            keep = keep.copy()
+            for k in np.flatnonzero(~finite).tolist():
+                j = int(sel[k])
+                keep[j] = False
+                rejected.append(Rejection(group.index[j], "item", "cannot be learned: with these feature values "
+                                          "the prediction or its update is not a finite number",
+                                          "check the item's and the user's feature values for huge numbers"))
+            return self._stage(group, X_all, keep, rejected) if keep.any() else None
         if layout.objective == "logistic":
             personal, average = sigmoid(personal), sigmoid(average)
         cohorts = np.where(known[rows], KNOWN, NEW)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from featurestore.inputs import entity_key, entity_keys, request_vector
+from featurestore.inputs import LabelBounds, entity_key, entity_keys, label_value, request_vector
 from featurestore.models.state_store import ModelLayout, ModelStateStore
 from registry.errors import NotFoundError
 
@@ -72,6 +72,7 @@ class ModelPlan:
     user_blocks: tuple[_Block, ...]
     ttl_us: dict[str, int]
     alpha: float | None  # the LinUCB exploration weight, None without exploration
+    label_bounds: LabelBounds | None  # what feedback labels may be (None: any finite number)
 
     @property
     def int_key(self) -> bool:
@@ -91,6 +92,9 @@ class ModelPlan:
 
     def request_vector(self, given: Any) -> np.ndarray:
         return request_vector(self.layout.request, given, self.model)
+
+    def label(self, value: Any) -> float:
+        return label_value(value, self.layout.objective, self.model, self.label_bounds)
 
     # -- features ------------------------------------------------------------------------------
     def reads(self, items: Sequence[bytes], users: Sequence[bytes]) -> dict[str, Sequence[bytes]]:
@@ -178,7 +182,9 @@ class Planner:
         if plan is None:
             with self._lock:
                 states = self.states(model, version)
-                plan = _compile(snapshot.definitions, spec, states, snapshot.version, self.cache)
+                metrics = self.context.model_versions.get(model, version).metrics
+                bounds = LabelBounds.of(spec.label_range, metrics)
+                plan = _compile(snapshot.definitions, spec, states, snapshot.version, self.cache, bounds)
                 if len(self._plans) > 256:
                     self._plans.clear()
                 self._plans[key] = plan
@@ -203,7 +209,12 @@ class Planner:
 
 
 def _compile(
-    defs: Definitions, spec: ModelSpec, states: ModelStateStore, registry_version: int, cache: FeatureCache
+    defs: Definitions,
+    spec: ModelSpec,
+    states: ModelStateStore,
+    registry_version: int,
+    cache: FeatureCache,
+    label_bounds: LabelBounds | None,
 ) -> ModelPlan:
     layout = states.layout()
     user_entity = defs.entities.get(layout.user_entity)
@@ -263,6 +274,7 @@ def _compile(
         user_blocks=user_blocks,
         ttl_us=ttl,
         alpha=float(exploration.alpha) if exploration.type == "linucb" else None,
+        label_bounds=label_bounds,
     )
 
 

@@ -261,6 +261,9 @@ def fit(training: TrainingSet) -> tuple[np.ndarray, dict[bytes, UserState], dict
         "items": training.items,
         "d": layout.d,
         "l2": layout.l2,
+        # The range feedback labels are checked against when the model declares none.
+        "label_min": float(training.y.min()),
+        "label_max": float(training.y.max()),
     }
     return w_avg, states, metrics
 

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from featurestore import FeatureStore
+from featurestore.feedback import FeedbackInput
 from featurestore.feedback.log import FeedbackLog
 from featurestore.feedback.types import AllRejectedError
 from featurestore.inputs import entity_key, entity_keys
 from featurestore.models.prediction_log import PredictionLog
-from registry.errors import InputError, UserError
+from registry.errors import DataError, InputError, UserError
+from tests.velox.conftest import NOW_US
+from tests.velox_feedback.conftest import DEFS, trained_store
 
 ITEMS = [{"item_id": i} for i in (1, 2, 3)]
 
@@ -120,3 +124,41 @@ def test_a_batch_with_every_observation_rejected_cannot_pass_for_success(trained
     assert [r.field for r in refused.value.result.rejected] == ["label", "model"]
     # One good observation among bad ones is a result to read, not an error.
     assert trained.feedback_many([{**GOOD, "feedback_id": "z"}, {**GOOD, "feedback_id": "w", "label": "high"}]).new == 1
+
+
+def test_a_huge_label_is_refused_before_the_log_and_poisons_nothing(trained: FeatureStore) -> None:
+    # taste was trained on labels in some range; 1e308 is finite but far outside it.
+    before = trained.predict("taste", {"user_id": 1}, ITEMS).scores
+    with pytest.raises(DataError, match="field `label`: must lie in") as refused:
+        trained.feedback("taste", {"user_id": 1}, {"item_id": 2}, 1e308, "huge")
+    assert "training labels" in str(refused.value)
+    assert not [o for batch in FeedbackLog(trained.registry.engine, trained.project).read("taste") for o in batch]
+    np.testing.assert_array_equal(trained.predict("taste", {"user_id": 1}, ITEMS).scores, before)
+    assert trained.feedback("taste", {"user_id": 1}, {"item_id": 2}, 3.0, "fine").new == 1
+
+
+def test_a_declared_label_range_is_the_bound(tmp_path: Path, unique_project: str) -> None:
+    defs = DEFS.replace("    label: rating\n", "    label: rating\n    label_range: [1, 5]\n", 1)
+    store = trained_store(tmp_path / "repo", {"type": "memory"}, unique_project, defs)
+    try:
+        assert store.feedback("taste", {"user_id": 1}, {"item_id": 2}, 5.0, "top").new == 1
+        with pytest.raises(DataError, match=r"must lie in \[1, 5\] for model 'taste' \(its label_range\), got 5.5"):
+            store.feedback("taste", {"user_id": 1}, {"item_id": 2}, 5.5, "over")
+    finally:
+        store.close()
+
+
+def test_features_so_large_the_update_overflows_are_refused_before_the_log(trained: FeatureStore) -> None:
+    from tests.velox.conftest import POP, key
+
+    # item_pop is float64: a finite 1e200 makes x·A⁻¹·x overflow.
+    trained.online_store.write_latest("item_pop", [(key(2), NOW_US + 1, NOW_US + 1, POP.encode_row([1e200, "#2"]))])
+    trained.predictor.cache.invalidate()
+    result = trained.feedback_service.submit([
+        FeedbackInput("taste", {"user_id": 1}, {"item_id": 2}, 3.0, "overflow"),
+        FeedbackInput("taste", {"user_id": 1}, {"item_id": 3}, 3.0, "ok"),
+    ])
+    assert (result.new, [(r.index, r.field) for r in result.rejected]) == (1, [(0, "item")])
+    assert "not a finite number" in result.rejected[0].reason
+    logged = [o.feedback_id for batch in FeedbackLog(trained.registry.engine, trained.project).read("taste") for o in batch]
+    assert logged == ["ok"]

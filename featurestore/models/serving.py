@@ -130,10 +130,6 @@ class Predictor:
         self.log = log or PredictionLog(context.engine, context.project)
         self.planner = Planner(context, self.cache)
 
-    def active_versions(self) -> dict[str, int]:
-        """The active version of every model, as of the registry snapshot."""
-        return dict(self.context.watcher.snapshot.active_models)
-
     # -- predicting ---------------------------------------------------------------------------
     def predict(
         self,

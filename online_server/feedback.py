@@ -80,13 +80,18 @@ class FeedbackResponse(_Body):
     accepted: int = Field(description="new + duplicates.")
     new: int = Field(description="Logged and learned from.")
     duplicates: int = Field(description="feedback_id already logged: accepted, nothing changed.")
+    deferred: int = Field(
+        0, description="Of `new`: logged, but not yet in the online state (the state store failed or "
+        "was contended); the servers' catch-up applies them from the log (docs/feedback.md, crash recovery)."
+    )
     rejected: list[RejectedObservation]
     model_versions: dict[str, int] = Field(description="The version each model's observations went to.")
 
 
 def router(store: FeatureStore, registry: Registry, at_shutdown: ShutdownHook) -> APIRouter:
     """``POST /feedback``, with its metrics added to ``registry`` and its background thread
-    (started with the first feedback) stopped through ``at_shutdown``."""
+    (``feedback.maintenance``: started with the server when it has models, else with the first
+    feedback) stopped through ``at_shutdown``."""
     state: dict[str, Any] = {}
 
     def service() -> FeedbackService:
@@ -97,6 +102,10 @@ def router(store: FeatureStore, registry: Registry, at_shutdown: ShutdownHook) -
             state["maintenance"] = Maintenance(store.context, state["service"].counters)
             state["maintenance"].start()
         return state["service"]  # type: ignore[no-any-return]
+
+    if store.context.definitions().models:
+        # A server of models heals what a crash cut off from the start, not at its first feedback.
+        service()
 
     registry.add(Collected("featurestore_feedback", _FAMILIES, lambda: _samples(state.get("service"))))
     routes = APIRouter()
@@ -235,6 +244,16 @@ _FAMILIES = (
         "Compare-and-swap rounds lost to another writer and retried.",
         "counter", (), "d",
     ),
+    Family(
+        "featurestore_feedback_deferred_total",
+        "New observations logged whose state update was left to the catch-up (store failure or contention).",
+        "counter", (), "d",
+    ),
+    Family(
+        "featurestore_feedback_caught_up_total",
+        "Pending log rows (cut off by a crash or outage) that this process's catch-up applied.",
+        "counter", (), "d",
+    ),
     Family("featurestore_feedback_loss", _LOSS_HELP, "gauge", _LOSS_LABELS, ".10g"),
     Family("featurestore_feedback_loss_sum", "Sum of those losses.", "counter", _LOSS_LABELS, ".10g"),
     Family("featurestore_feedback_loss_count", "Number of those losses.", "counter", _LOSS_LABELS, ".10g"),
@@ -246,11 +265,13 @@ def _samples(svc: FeedbackService | None) -> list[dict[tuple[Any, ...], Any] | N
     shared with SDK calls). Before the first feedback there is no service yet: the observations
     family shows without samples, the others not at all."""
     if svc is None:
-        return [{}, None, None, None, None]
+        return [{}, None, None, None, None, None, None]
     losses = {(*key, acc.loss): acc for key, acc in svc.losses().items()}
     return [
         svc.counts(),
         {(): svc.cas_retries},
+        {(): svc.counters.deferred},
+        {(): svc.counters.caught_up},
         {labels: acc.mean for labels, acc in losses.items()},
         {labels: acc.total for labels, acc in losses.items()},
         {labels: acc.count for labels, acc in losses.items()},

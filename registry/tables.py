@@ -139,6 +139,28 @@ feedback = sa.Table(
     sa.Column("slice", sa.Text, nullable=True),
     sa.Column("event_ts", sa.DateTime(timezone=True), nullable=False),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    # True from the insert until the update is known to be in the online state (migration
+    # 0003): rows pending long after they were received were cut off by a crash, and the
+    # servers' catch-up rebuilds their users (featurestore/feedback/catch_up.py).
+    sa.Column("pending", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("project", "feedback_id", name="uq_fs_feedback_id"),
     sa.Index("ix_fs_feedback_model", "project", "model", "model_version", "seq"),
+    # Partial: the pending rows are a handful at any time, so finding them costs nothing.
+    sa.Index(
+        "ix_fs_feedback_pending", "project", "model", "model_version", "user_key",
+        postgresql_where=sa.text("pending"), sqlite_where=sa.text("pending"),
+    ),
+)
+
+# -- revoked bearer tokens (migration 0003) -----------------------------------------------------
+# Tokens are granted in featurestore.yaml (digests only); a revocation is recorded here so every
+# server of the fleet refuses the token within seconds, without a restart or a config rollout.
+token_revocations = sa.Table(
+    "fs_token_revocations",
+    metadata,
+    sa.Column("project", sa.String(63), primary_key=True),
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),
 )

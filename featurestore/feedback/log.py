@@ -6,13 +6,18 @@ default, PostgreSQL in production, written there through psycopg directly (one
 idempotent on ``feedback_id``: a retried request records nothing twice, and ``append`` says
 which observations were new so only those update the online state. Online model state is
 derived from this log (``featurestore models replay`` rebuilds it), so losing Redis loses nothing.
+
+Every row is written ``pending``; the writer clears the flag once the update is in the online
+state (``mark_applied``). A row still pending long after it was received was cut off by a
+crash or an outage between the commit and the state update: ``pending_users`` finds such
+users, and ``featurestore.feedback.catch_up`` rebuilds them from the log.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import sqlalchemy as sa
@@ -41,6 +46,18 @@ class Observation:
 @dataclass(frozen=True)
 class LoggedObservation(Observation):
     seq: int = 0
+    pending: bool = False
+    received_at: datetime | None = None
+
+
+def _logged(r: Mapping[str, Any]) -> LoggedObservation:
+    return LoggedObservation(
+        feedback_id=r["feedback_id"], model=r["model"], model_version=r["model_version"],
+        user_key=r["user_key"], item_key=r["item_key"], label=r["label"],
+        features=np.frombuffer(r["features"], dtype="<f8"), event_ts=_utc(r["event_ts"]),
+        prediction_id=r["prediction_id"], prediction=r["prediction"], baseline=r["baseline"],
+        slice=r["slice"], seq=r["seq"], pending=bool(r["pending"]), received_at=_utc(r["received_at"]),
+    )
 
 
 def _utc(value: datetime) -> datetime:
@@ -98,7 +115,7 @@ class FeedbackLog:
                     "label": float(o.label), "prediction_id": o.prediction_id,
                     "features": np.ascontiguousarray(o.features, dtype="<f8").tobytes(),
                     "prediction": o.prediction, "baseline": o.baseline, "slice": o.slice,
-                    "event_ts": _utc(o.event_ts), "received_at": now,
+                    "event_ts": _utc(o.event_ts), "received_at": now, "pending": True,
                 }
             )
         return rows
@@ -132,9 +149,10 @@ class FeedbackLog:
     def _append_postgres(self, observations: Sequence[Observation], now: datetime) -> set[str]:
         rows = self._rows(observations, now)
         cols = ["project", "feedback_id", "model", "model_version", "user_key", "item_key", "label",
-                "prediction_id", "features", "prediction", "baseline", "slice", "event_ts", "received_at"]
+                "prediction_id", "features", "prediction", "baseline", "slice", "event_ts", "received_at",
+                "pending"]
         types = ["text", "text", "text", "int", "text", "text", "float8", "text", "bytea", "float8",
-                 "float8", "text", "timestamptz", "timestamptz"]
+                 "float8", "text", "timestamptz", "timestamptz", "bool"]
         sql = (
             f"INSERT INTO fs_feedback ({', '.join(cols)}) "
             f"SELECT * FROM unnest({', '.join(f'%b::{ty}[]' for ty in types)}) "
@@ -153,6 +171,59 @@ class FeedbackLog:
         finally:
             raw.close()
         return inserted
+
+    def mark_applied(self, feedback_ids: Sequence[str]) -> None:
+        """Clear the pending flag of ``feedback_ids`` once their update is in the online state.
+
+        A mark that is lost (a crash right after the swap, a database hiccup) costs only a
+        redundant, idempotent rebuild of those users by the catch-up, so on PostgreSQL the
+        mark's commit does not wait for the disk (``synchronous_commit = off``)."""
+        ids = list(dict.fromkeys(feedback_ids))
+        if not ids:
+            return
+        f = t.feedback
+        with self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+            for start in range(0, len(ids), 900):
+                conn.execute(
+                    sa.update(f)
+                    .where(f.c.project == self.project, f.c.feedback_id.in_(ids[start : start + 900]), f.c.pending)
+                    .values(pending=False)
+                )
+
+    def pending_users(self, older_than: datetime) -> list[tuple[str, int, str]]:
+        """(model, version, user_key) of every user with a pending row received before
+        ``older_than`` and none received since: those cut off by a crash, and not in flight
+        now (a user with a recent pending row may have an update on its way; it waits)."""
+        f = t.feedback
+        query = (
+            sa.select(f.c.model, f.c.model_version, f.c.user_key)
+            .where(f.c.project == self.project, f.c.pending)
+            .group_by(f.c.model, f.c.model_version, f.c.user_key)
+            .having(sa.func.max(f.c.received_at) < _utc(older_than))
+            .order_by(f.c.model, f.c.model_version, f.c.user_key)
+        )
+        with self.engine.connect() as conn:
+            return [(m, int(v), u) for m, v, u in conn.execute(query).all()]
+
+    def read_users(self, model: str, model_version: int, user_keys: Sequence[str]) -> list[LoggedObservation]:
+        """Every logged observation of these users for one version, in log order, with the
+        pending flag and receipt time (``LoggedObservation.pending``, ``.received_at``)."""
+        f = t.feedback
+        out: list[LoggedObservation] = []
+        users = list(dict.fromkeys(user_keys))
+        with self.engine.connect() as conn:
+            for start in range(0, len(users), 900):
+                rows = conn.execute(
+                    sa.select(f).where(
+                        f.c.project == self.project, f.c.model == model, f.c.model_version == model_version,
+                        f.c.user_key.in_(users[start : start + 900]),
+                    )
+                ).mappings().all()
+                out.extend(_logged(r) for r in rows)
+        out.sort(key=lambda o: o.seq)
+        return out
 
     def logged(self, feedback_ids: Sequence[str]) -> dict[str, tuple[str, str, str, float]]:
         """(model, user_key, item_key, label) of each logged id among ``feedback_ids``: what a
@@ -186,16 +257,7 @@ class FeedbackLog:
             if not rows:
                 return
             last = rows[-1]["seq"]
-            yield [
-                LoggedObservation(
-                    feedback_id=r["feedback_id"], model=r["model"], model_version=r["model_version"],
-                    user_key=r["user_key"], item_key=r["item_key"], label=r["label"],
-                    features=np.frombuffer(r["features"], dtype="<f8"), event_ts=_utc(r["event_ts"]),
-                    prediction_id=r["prediction_id"], prediction=r["prediction"], baseline=r["baseline"],
-                    slice=r["slice"], seq=r["seq"],
-                )
-                for r in rows
-            ]
+            yield [_logged(r) for r in rows]
 
     def count(self, model: str, model_version: int | None = None) -> int:
         f = t.feedback

@@ -1,8 +1,9 @@
 """Feedback work that runs off the request path, in a server process.
 
-``Maintenance`` is a daemon thread, started with the first feedback a server receives, that
-writes the offline view of the log every ``FLUSH_SECONDS`` (``export.export_feedback``, with a
-few seconds' delay so a block is never sealed before every insert into it has committed) and
+``Maintenance`` is a daemon thread of every server that serves models. It applies the log rows
+a crash cut off (``catch_up.catch_up``) at start and every ``CATCH_UP_EVERY_SECONDS``; writes
+the offline view of the log every ``FLUSH_SECONDS`` (``export.export_feedback``, with a few
+seconds' delay so a block is never sealed before every insert into it has committed); and
 checks staleness every ``CHECK_SECONDS``, launching a retrain once per stale version when the
 model has ``auto_retrain``.
 
@@ -21,6 +22,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from featurestore.feedback.catch_up import catch_up
 from featurestore.feedback.export import export_feedback
 from featurestore.feedback.monitoring import model_status
 
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 FLUSH_SECONDS = float(os.environ.get("FEATURESTORE_FEEDBACK_FLUSH_SECONDS", "10"))
 CHECK_SECONDS = float(os.environ.get("FEATURESTORE_FEEDBACK_CHECK_SECONDS", "60"))
+CATCH_UP_EVERY_SECONDS = float(os.environ.get("FEATURESTORE_FEEDBACK_CATCH_UP_EVERY_SECONDS", "5"))
 
 
 class Maintenance:
@@ -47,17 +50,19 @@ class Maintenance:
         *,
         flush_seconds: float = FLUSH_SECONDS,
         check_seconds: float = CHECK_SECONDS,
+        catch_up_seconds: float = CATCH_UP_EVERY_SECONDS,
     ) -> None:
         self.context = context
         self.counters = counters
         self.flush_seconds = flush_seconds
         self.check_seconds = check_seconds
+        self.catch_up_seconds = catch_up_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="feedback-maintenance", daemon=True)
         self.launched: set[tuple[str, int]] = set()
 
     def start(self) -> None:
-        if self.flush_seconds > 0 or self.check_seconds > 0:
+        if self.flush_seconds > 0 or self.check_seconds > 0 or self.catch_up_seconds > 0:
             self._thread.start()
 
     def stop(self) -> None:
@@ -66,18 +71,28 @@ class Maintenance:
             self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        last_check = time.monotonic()
-        period = min(p for p in (self.flush_seconds, self.check_seconds) if p > 0)
-        while not self._stop.wait(period):
+        start = time.monotonic()
+        due = {"catch_up": start, "flush": start + self.flush_seconds, "check": start + self.check_seconds}
+        periods = {"catch_up": self.catch_up_seconds, "flush": self.flush_seconds, "check": self.check_seconds}
+        tick = min(p for p in periods.values() if p > 0)
+        while True:
+            now = time.monotonic()
             models = sorted({m for (m, result) in self.counters.counts() if result == "new"})
-            try:
-                if self.flush_seconds > 0:
-                    self.flush(models)
-                if self.check_seconds > 0 and time.monotonic() - last_check >= self.check_seconds:
-                    last_check = time.monotonic()
-                    self.check(models)
-            except Exception as exc:  # noqa: BLE001 - a failed round is logged; the next one retries
-                logger.warning("feedback maintenance failed: %s: %s", type(exc).__name__, exc)
+            for task, period in periods.items():
+                if period <= 0 or now < due[task]:
+                    continue
+                due[task] = now + period
+                try:
+                    if task == "catch_up":
+                        self.counters.count_caught_up(catch_up(self.context).rows)
+                    elif task == "flush":
+                        self.flush(models)
+                    else:
+                        self.check(models)
+                except Exception as exc:  # noqa: BLE001 - a failed round is logged; the next one retries
+                    logger.warning("feedback maintenance (%s) failed: %s: %s", task, type(exc).__name__, exc)
+            if self._stop.wait(tick):
+                return
 
     def flush(self, models: list[str]) -> None:
         for model in models:

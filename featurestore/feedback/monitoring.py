@@ -44,6 +44,8 @@ class FeedbackCounters:
         self._slice_values: dict[str, set[str]] = {}
         self._counts: dict[tuple[str, str], int] = {}  # (model, new|duplicate|rejected) -> n
         self.cas_retries = 0
+        self.deferred = 0  # logged observations left to the catch-up by this process
+        self.caught_up = 0  # pending log rows this process's catch-up applied
 
     def count(self, model: str, result: str, amount: int = 1) -> None:
         if amount:
@@ -53,6 +55,16 @@ class FeedbackCounters:
     def add_retries(self, amount: int) -> None:
         with self._lock:
             self.cas_retries += amount
+
+    def count_deferred(self, amount: int) -> None:
+        if amount:
+            with self._lock:
+                self.deferred += amount
+
+    def count_caught_up(self, amount: int) -> None:
+        if amount:
+            with self._lock:
+                self.caught_up += amount
 
     def counts(self) -> dict[tuple[str, str], int]:
         """(model, result) -> observations this process handled, result being ``new``,

@@ -15,10 +15,17 @@
    users), then ``compare_and_swap_blobs`` writes them *only if each user's stored bytes are still
    the ones read in step 2*. Users whose swap failed (another process wrote first) are re-read,
    re-learned from their fresh state and swapped again, so no concurrent update is ever lost.
+5. **Mark applied**: the swapped observations' log rows lose their ``pending`` flag. Nothing
+   after step 3 may fail the request: when the state store fails, or the swaps keep losing for
+   ``APPLY_DEADLINE_SECONDS``, the rest stays pending (counted as ``deferred``) and the servers'
+   catch-up (``feedback.catch_up``) applies it from the log. The deadline is what makes the
+   catch-up safe: a process never swaps an observation in after it, so an old pending row is
+   never in flight.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -42,9 +49,15 @@ from featurestore.feedback.types import (
 from featurestore.inputs import key_text, text_value, timestamp_value
 from featurestore.models.linear import StateBatch, learn_one, local_rows, sigmoid
 from featurestore.models.state_codec import BatchStateCodec
-from registry.errors import ConflictError, InputError, UserError
+from registry.errors import FeatureStoreError, InputError, UserError
 
 _REUSED_HINT = "give every observation its own feedback_id; a retry must repeat the observation exactly"
+
+logger = logging.getLogger(__name__)
+
+#: A process gives up swapping an observation in this long after it logged it; the catch-up
+#: (``feedback.catch_up``) waits well beyond it before it treats a pending row as cut off.
+APPLY_DEADLINE_SECONDS = 5.0
 
 if TYPE_CHECKING:
     from featurestore.context import ServiceContext
@@ -107,12 +120,14 @@ class FeedbackService:
         *,
         max_attempts: int = 1_000,
         prediction_wait_seconds: float = 0.1,
+        apply_deadline_seconds: float = APPLY_DEADLINE_SECONDS,
     ) -> None:
         self.context = context
         self.planner = planner
         self.predictions = predictions
         self.log = FeedbackLog(context.engine, context.project)
         self.max_attempts = max_attempts
+        self.apply_deadline_seconds = apply_deadline_seconds
         # A prediction made by another process is in the table within the prediction log's
         # flush interval (~50 ms): an id not found is looked for until this much time passed.
         self.prediction_wait_seconds = prediction_wait_seconds
@@ -176,9 +191,11 @@ class FeedbackService:
         flags = self.log.append(to_log) if to_log else []
         reused = self._reused(to_log, flags)
 
-        new = duplicates = retries = 0
+        new = duplicates = retries = deferred = 0
         offset = 0
         counters = self.counters
+        deadline = time.monotonic() + self.apply_deadline_seconds
+        applied: list[str] = []
         for stage in staged:
             n = len(stage.observations)
             fresh = np.asarray(flags[offset : offset + n], dtype=bool)
@@ -188,7 +205,10 @@ class FeedbackService:
                     rejected.append(Rejection(stage.indices[k], "feedback_id", why, _REUSED_HINT, status=409))
             conflicts = sum(1 for k in range(n) if offset + k in reused)
             offset += n
-            retries += self._learn(stage, fresh)
+            done, tries = self._apply(stage, fresh, deadline)
+            retries += tries
+            deferred += int((fresh & ~done).sum())
+            applied += [stage.observations[k].feedback_id for k in np.flatnonzero(fresh & done).tolist()]
             self._monitor(stage, fresh)
             n_new = int(fresh.sum())
             new += n_new
@@ -200,6 +220,12 @@ class FeedbackService:
             counters.count(model if isinstance(model, str) and model in defs.models else "(unknown)", "rejected", 1)
         rejected.sort(key=lambda r: r.index)
         counters.add_retries(retries)
+        counters.count_deferred(deferred)
+        if applied:
+            try:
+                self.log.mark_applied(applied)
+            except Exception as exc:  # noqa: BLE001 - a lost mark costs only an idempotent rebuild
+                logger.warning("could not mark %d feedback row(s) applied: %s", len(applied), exc)
         return FeedbackResult(
             received=len(obs),
             new=new,
@@ -207,6 +233,7 @@ class FeedbackService:
             rejected=tuple(rejected),
             model_versions={s.group.plan.model: s.group.plan.version for s in staged},
             cas_retries=retries,
+            deferred=deferred,
         )
 
     # -- steps ------------------------------------------------------------------------------------
@@ -404,11 +431,29 @@ class FeedbackService:
         indices = [group.index[j] for j in sel.tolist()]
         return _Stage(group, indices, keys, rows, blobs, batch, X, y, personal, average, cohorts, observations)
 
-    def _learn(self, stage: _Stage, fresh: np.ndarray) -> int:
-        """Learn the new observations and swap the states in; returns how many retries it took."""
+    def _apply(self, stage: _Stage, fresh: np.ndarray, deadline: float) -> tuple[np.ndarray, int]:
+        """Learn the new observations of a stage after the commit, never raising: which of them
+        are in the online state now, and how many retries it took."""
+        done = np.zeros(len(fresh), dtype=bool)
+        try:
+            lost, retries = self._learn(stage, fresh, deadline)
+        except FeatureStoreError as exc:
+            logger.warning(
+                "model %r: %d logged observation(s) left to the catch-up: %s",
+                stage.group.plan.model, int(fresh.sum()), exc.message,
+            )
+            return done, 0
+        done = fresh.copy()
+        if lost:
+            done &= ~np.isin(stage.rows, np.fromiter(lost, np.intp, len(lost)))
+        return done, retries
+
+    def _learn(self, stage: _Stage, fresh: np.ndarray, deadline: float) -> tuple[set[int], int]:
+        """Learn the new observations and swap the states in: the users (stage rows) whose swap
+        did not land before ``deadline``, and how many retries it took."""
         sel = np.flatnonzero(fresh)
         if not sel.size:
-            return 0
+            return set(), 0
         plan = stage.group.plan
         layout = plan.layout
         namespace = plan.states.namespace
@@ -431,17 +476,16 @@ class FeedbackService:
                 namespace, {key: (expected[u], blob) for key, u, blob in zip(keys, users.tolist(), encoded)}
             )
             if not failed:
-                return retries
-            retries += 1
-            if retries >= self.max_attempts:
-                raise ConflictError(
-                    f"model {plan.model!r}: the states of {len(failed)} user(s) kept changing "
-                    f"under {retries} attempts to update them",
-                    hint="the observations are in the feedback log; run `featurestore models replay "
-                    f"{plan.model}` once the load drops",
-                )
+                return set(), retries
             lost = set(failed)
             todo = np.asarray([u for u, key in zip(users.tolist(), keys) if key in lost], dtype=np.intp)
+            retries += 1
+            if retries >= self.max_attempts or time.monotonic() >= deadline:
+                logger.warning(
+                    "model %r: the states of %d user(s) kept changing under %d attempts; their "
+                    "observations are left to the catch-up", plan.model, len(todo), retries,
+                )
+                return set(todo.tolist()), retries
             fresh_blobs = online.get_blobs(namespace, [stage.keys[u] for u in todo.tolist()])
             for u, blob in zip(todo.tolist(), fresh_blobs):
                 expected[u] = blob

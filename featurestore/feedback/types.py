@@ -78,7 +78,9 @@ class FeedbackResult:
 
     ``new`` were logged and learned from; ``duplicates`` had a ``feedback_id`` already in the log
     (accepted, nothing changed); ``rejected`` were not accepted. ``model_versions`` is the
-    version each model's observations were logged under and learned into.
+    version each model's observations were logged under and learned into. ``deferred`` (of
+    ``new``) are logged, but their update could not reach the online state in time (the store
+    failed, or other writers kept winning): the servers' catch-up applies them from the log.
     """
 
     received: int
@@ -87,6 +89,7 @@ class FeedbackResult:
     rejected: tuple[Rejection, ...]
     model_versions: dict[str, int]
     cas_retries: int = 0
+    deferred: int = 0
 
     @property
     def accepted(self) -> int:
@@ -98,6 +101,7 @@ class FeedbackResult:
             "accepted": self.accepted,
             "new": self.new,
             "duplicates": self.duplicates,
+            "deferred": self.deferred,
             "rejected": [r.to_dict() for r in self.rejected],
             "model_versions": self.model_versions,
         }

@@ -94,11 +94,16 @@ def key(value: int) -> bytes:
     return encode_entity_key(["int64"], [value])
 
 
-def make_store(root: Path, online: dict[str, Any], project: str, defs: str = DEFS) -> FeatureStore:
+def make_store(
+    root: Path, online: dict[str, Any], project: str, defs: str = DEFS, registry: str | None = None
+) -> FeatureStore:
     (root / "features").mkdir(parents=True)
     (root / "features" / "defs.yaml").write_text(defs)
     (root / "featurestore.yaml").write_text(f"project: {project}\n")
-    store = FeatureStore(root, config_overrides={"online_store": online}, registry_refresh_seconds=0)
+    overrides: dict[str, Any] = {"online_store": online}
+    if registry is not None:
+        overrides["registry"] = registry
+    store = FeatureStore(root, config_overrides=overrides, registry_refresh_seconds=0)
     store.apply()
     return store
 

@@ -25,9 +25,11 @@ DEFS = VELOX_DEFS.replace(TASTE, TASTE + "    slice_column: device\n    stale_ma
 AUTO_DEFS = VELOX_DEFS.replace(TASTE, TASTE + "    stale_margin: 0.1\n    auto_retrain: true\n")
 
 
-def trained_store(root: Path, online: dict[str, Any], project: str, defs: str = DEFS) -> FeatureStore:
+def trained_store(
+    root: Path, online: dict[str, Any], project: str, defs: str = DEFS, registry: str | None = None
+) -> FeatureStore:
     """The repository with taste trained twice (v2 active) and ctx (logistic) once."""
-    store = make_store(root, online, project, defs)
+    store = make_store(root, online, project, defs, registry)
     fill(store)
     fake_export(store)
     store.train("taste", labels(seed=0))

@@ -33,7 +33,7 @@ def client(trained: FeatureStore) -> Iterator[TestClient]:
 def test_single_observation(client: TestClient) -> None:
     r = client.post("/feedback", json=GOOD, headers=W)
     assert r.status_code == 200, r.text
-    assert r.json() == {"received": 1, "accepted": 1, "new": 1, "duplicates": 0, "rejected": [], "model_versions": {"taste": 2}}
+    assert r.json() == {"received": 1, "accepted": 1, "new": 1, "duplicates": 0, "deferred": 0, "rejected": [], "model_versions": {"taste": 2}}
     again = client.post("/feedback", json=GOOD, headers=W).json()
     assert (again["new"], again["duplicates"]) == (0, 1)
 

@@ -26,6 +26,7 @@ from registry.validate import load_definitions
 from registry.watcher import RegistryWatcher
 
 if TYPE_CHECKING:
+    from featurestore.feedback.recovery import OnlineStoreGuard
     from featurestore.models.feature_job import FeatureJobResult
     from featurestore.models.serving import Prediction, Predictor
     from featurestore.models.training import TrainResult
@@ -270,6 +271,14 @@ class FeatureStore:
         from featurestore.feedback import FeedbackService
 
         return FeedbackService(self.context, self.predictor.planner, self.predictor.log)
+
+    @cached_property
+    def online_guard(self) -> "OnlineStoreGuard":
+        """Notices that the online store lost its data and rebuilds the model states (servers
+        run its ``check`` from /health and their maintenance thread)."""
+        from featurestore.feedback.recovery import OnlineStoreGuard
+
+        return OnlineStoreGuard(self.context)
 
     def feedback(
         self,

@@ -362,6 +362,10 @@ def _run(
     # Without a watermark, or when the run starts at or before it, the data up to `end` is in
     # both stores now; a run that leaves a gap after the watermark must not move it.
     advance = run.watermark is None or run.interval.start <= run.watermark
+    if counts.get("rows_online", 0):
+        from featurestore.online.epoch import ensure_epoch
+
+        ensure_epoch(store.online_store)  # lasting content: its loss must be noticed
     store.materialization_log.record(
         view,
         run.interval.start,

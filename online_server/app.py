@@ -62,6 +62,30 @@ class ServerMetrics:
                 store.feature_freshness,
             )
         )
+        self.registry.add(m.Collected("featurestore_online_store_data", _DATA_FAMILIES, lambda: _data_samples(store)))
+
+
+_DATA_FAMILIES = (
+    m.Family(
+        "featurestore_online_store_data_losses_total",
+        "Times this process found the online store emptied (its epoch marker gone or replaced).",
+        "counter", (), "d",
+    ),
+    m.Family(
+        "featurestore_online_store_view_lost",
+        "1 for each view whose online values were lost and not materialized since (as of the last check).",
+        "gauge", ("feature_view",), "d",
+    ),
+)
+
+
+def _data_samples(store: FeatureStore) -> list[dict[tuple[Any, ...], Any] | None]:
+    # Read from the guard's last check (by /health or the maintenance thread), never a new one.
+    guard = store.__dict__.get("online_guard")
+    if guard is None:
+        return [{(): 0}, {}]
+    last = guard.last
+    return [{(): guard.losses}, {(v,): 1 for v in (last.rematerialize if last else ())}]
 
 
 class _TimingMiddleware:
@@ -228,7 +252,23 @@ def create_app(store: FeatureStore, *, owns_store: bool = False) -> FastAPI:
         except Exception as exc:  # noqa: BLE001 - a driver error is a failed check, not a crash
             checks["registry"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         ok = all(v == "ok" for v in checks.values())
-        body = {"status": "ok" if ok else "unavailable", "checks": checks, "registry_version": version}
+        status = "ok" if ok else "unavailable"
+        body: dict[str, Any] = {"status": status, "checks": checks, "registry_version": version}
+        if ok:
+            # Did the online store lose its data (Redis restarted empty)? The guard rebuilds the
+            # model states from the log; lost views are reported until they are re-materialized.
+            try:
+                data = store.online_guard.check()
+            except FeatureStoreError as exc:
+                checks["online_data"] = exc.message
+            else:
+                body["online_data"] = data.to_dict()
+                checks["online_data"] = "ok" if data.ok else (
+                    f"lost at {data.lost_at.isoformat() if data.lost_at else '?'}; re-materialize: "
+                    + ", ".join(data.rematerialize)
+                )
+                if not data.ok:
+                    body["status"] = "degraded"  # still serving: 200, so a balancer keeps it
         return JSONResponse(body, status_code=200 if ok else 503)
 
     # Included in this order, their metrics show in /metrics in this order. When the app stops,

@@ -99,7 +99,7 @@ def router(store: FeatureStore, registry: Registry, at_shutdown: ShutdownHook) -
         # layouts and the prediction log that /predict in this process writes).
         if "service" not in state:
             state["service"] = store.feedback_service
-            state["maintenance"] = Maintenance(store.context, state["service"].counters)
+            state["maintenance"] = Maintenance(store.context, state["service"].counters, guard=store.online_guard)
             state["maintenance"].start()
         return state["service"]  # type: ignore[no-any-return]
 

@@ -53,7 +53,17 @@ class ErrorResponse(_Body):
     error: ErrorBody
 
 
+class OnlineData(_Body):
+    epoch: str | None = Field(None, description="The online store's epoch marker (docs/online-store.md).")
+    lost_at: str | None = Field(None, description="When the online store was found to have lost its data.")
+    rebuilt_models: dict[str, int] = Field(default_factory=dict, description="Model versions this process rebuilt from the feedback log.")
+    rematerialize: list[str] = Field(
+        default_factory=list, description="Views whose online values were lost and not materialized since: run `featurestore materialize VIEW`."
+    )
+
+
 class HealthResponse(_Body):
-    status: str
+    status: str = Field(description="ok; degraded (serving, but the online store lost data that must be re-materialized); unavailable (503).")
     checks: dict[str, str]
     registry_version: int | None = None
+    online_data: OnlineData | None = None

@@ -114,6 +114,18 @@ class MaterializationLog:
             ).all()
         return {r[0]: int(r[1]) for r in rows}
 
+    def online_views(self) -> dict[str, datetime]:
+        """Views with a run that wrote online rows, and when the newest such run finished:
+        what an emptied online store lost, and how to tell it was re-materialized since."""
+        m = t.materializations
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(m.c.feature_view, sa.func.max(m.c.finished_at))
+                .where(m.c.project == self.project, m.c.rows_online > 0)
+                .group_by(m.c.feature_view)
+            ).all()
+        return {r[0]: _utc(r[1]) for r in rows}
+
     def runs(self, view: str | None = None, limit: int = 100) -> list[MaterializationRun]:
         m = t.materializations
         query = sa.select(m).where(m.c.project == self.project)

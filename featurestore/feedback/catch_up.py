@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -108,16 +109,53 @@ def catch_up(
             continue
         for start in range(0, len(keys), _CHUNK):
             u, r, w = _rebuild(context, log, model, version, keys[start : start + _CHUNK], cutoff)
-            users, rows, waiting = users + u, rows + r, waiting + w
+            users, rows, waiting = users + u, rows + r, waiting + len(w)
     result = CatchUpResult(users, rows, waiting, offline)
     if users:
         logger.warning("feedback catch-up: %s", result.summary())
     return result
 
 
+def rebuild_version(
+    context: ServiceContext, model: str, version: int, *, wait_seconds: float = 10.0
+) -> CatchUpResult:
+    """Rebuild every user of a version with log rows, after the online store lost its data:
+    the version's trained states first (``restore_version``), then each user from the log, with
+    the catch-up's guards. Users with an update in flight are retried for up to ``wait_seconds``;
+    those still waiting then have a row cut off by a crash, which the catch-up heals later."""
+    import sqlalchemy as sa
+
+    from featurestore.models.artifacts import restore_version
+    from registry import tables as t
+
+    restore_version(context, model, version)
+    log = FeedbackLog(context.engine, context.project)
+    f = t.feedback
+    with context.engine.connect() as conn:
+        todo = list(conn.execute(
+            sa.select(f.c.user_key).where(f.c.project == context.project, f.c.model == model,
+                                          f.c.model_version == version).distinct()
+        ).scalars())
+    users = rows = 0
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=CATCH_UP_AFTER_SECONDS)
+        waiting: list[str] = []
+        for start in range(0, len(todo), _CHUNK):
+            done, applied, wait = _rebuild(context, log, model, version, todo[start : start + _CHUNK], cutoff)
+            users, rows = users + done, rows + applied
+            waiting += wait
+        todo = waiting
+        if not todo or time.monotonic() >= deadline:
+            return CatchUpResult(users, rows, len(todo), 0)
+        time.sleep(0.2)
+
+
 def _rebuild(
     context: ServiceContext, log: FeedbackLog, model: str, version: int, users: list[str], cutoff: datetime
-) -> tuple[int, int, int]:
+) -> tuple[int, int, list[str]]:
+    """Rebuild ``users`` of a version from the log: (users swapped in, pending rows applied,
+    users left waiting)."""
     layout, w_avg, base = _ARTIFACTS.get(context, model, version)
     namespace = state_namespace(model, version)
     online = context.online_store
@@ -145,4 +183,4 @@ def _rebuild(
     done = {users[i] for i in ready if keys[i] not in lost}
     applied = [o.feedback_id for o in mine if o.pending and o.user_key in done]
     log.mark_applied(applied)
-    return len(done), len(applied), len(users) - len(done)
+    return len(done), len(applied), [u for u in users if u not in done]

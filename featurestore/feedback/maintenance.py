@@ -1,7 +1,9 @@
 """Feedback work that runs off the request path, in a server process.
 
-``Maintenance`` is a daemon thread of every server that serves models. It applies the log rows
-a crash cut off (``catch_up.catch_up``) at start and every ``CATCH_UP_EVERY_SECONDS``; writes
+``Maintenance`` is a daemon thread of every server that serves models. At start and every
+``CATCH_UP_EVERY_SECONDS`` it checks that the online store still holds its data
+(``recovery.OnlineStoreGuard``, which rebuilds the states after a loss) and applies the log rows
+a crash cut off (``catch_up.catch_up``); it writes
 the offline view of the log every ``FLUSH_SECONDS`` (``export.export_feedback``, with a few
 seconds' delay so a block is never sealed before every insert into it has committed); and
 checks staleness every ``CHECK_SECONDS``, launching a retrain once per stale version when the
@@ -29,6 +31,7 @@ from featurestore.feedback.monitoring import model_status
 if TYPE_CHECKING:
     from featurestore.context import ServiceContext
     from featurestore.feedback.monitoring import FeedbackCounters
+    from featurestore.feedback.recovery import OnlineStoreGuard
 
 logger = logging.getLogger(__name__)
 FLUSH_SECONDS = float(os.environ.get("FEATURESTORE_FEEDBACK_FLUSH_SECONDS", "10"))
@@ -51,12 +54,14 @@ class Maintenance:
         flush_seconds: float = FLUSH_SECONDS,
         check_seconds: float = CHECK_SECONDS,
         catch_up_seconds: float = CATCH_UP_EVERY_SECONDS,
+        guard: OnlineStoreGuard | None = None,
     ) -> None:
         self.context = context
         self.counters = counters
         self.flush_seconds = flush_seconds
         self.check_seconds = check_seconds
         self.catch_up_seconds = catch_up_seconds
+        self.guard = guard
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="feedback-maintenance", daemon=True)
         self.launched: set[tuple[str, int]] = set()
@@ -84,6 +89,8 @@ class Maintenance:
                 due[task] = now + period
                 try:
                     if task == "catch_up":
+                        if self.guard is not None:
+                            self.guard.check()  # an emptied online store first: rebuild the states
                         self.counters.count_caught_up(catch_up(self.context).rows)
                     elif task == "flush":
                         self.flush(models)

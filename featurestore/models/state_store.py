@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featurestore.models.linear import UserState, new_user_state
+from featurestore.online.epoch import ensure_epoch
 from featurestore.models.state_codec import (
     decode_state,
     decode_weights,
@@ -255,6 +256,7 @@ class ModelStateStore:
         w_avg = np.asarray(w_avg, dtype=np.float64)
         if w_avg.shape != (layout.d,):
             raise DataError(f"average weights have shape {w_avg.shape}, the layout has d={layout.d}")
+        ensure_epoch(self.online_store)  # lasting content: its loss must be noticed
         self.put_states(states, d=layout.d)
         self.online_store.put_blobs(
             self.namespace, {AVERAGE_KEY: encode_weights(w_avg)}

@@ -83,7 +83,10 @@ def test_an_unknown_path_or_method_answers_the_error_object(client: TestClient) 
 
 
 def test_health_and_metrics(client: TestClient) -> None:
-    assert client.get("/health").json() == {"status": "ok", "checks": {"online_store": "ok", "registry": "ok"}, "registry_version": 1}
+    health = client.get("/health").json()
+    assert health["online_data"]["lost_at"] is None and health["online_data"]["rematerialize"] == []
+    del health["online_data"]
+    assert health == {"status": "ok", "checks": {"online_store": "ok", "registry": "ok", "online_data": "ok"}, "registry_version": 1}
     client.post("/features", json={"features": ["user_stats:clicks"], "entity_rows": [{"user_id": 1}]})
     text = client.get("/metrics").text
     assert 'featurestore_requests_total{endpoint="/features",status="200"} 1' in text

@@ -1,0 +1,123 @@
+"""Noticing that the online store lost its data, and rebuilding the model states from the log.
+
+Redis may run without persistence; after a restart it is empty, and before this a server went on
+serving average-user predictions and learning feedback on top of reset states, while ``/health``
+said ok. ``OnlineStoreGuard.check`` (run by ``/health`` and every few seconds by each server's
+maintenance thread) reads the epoch marker (``featurestore.online.epoch``):
+
+- **present and the one seen before**: nothing happened (but an active model version whose
+  states are gone is rebuilt all the same);
+- **present but another one**: another process found the loss and is rebuilding: report it;
+- **missing**: if the registry says content was written (a materialization run wrote online rows,
+  or a model version is active) *and none of it is in the online store*, the data was lost. The
+  process that creates the new marker (compare-and-swap: exactly one) rebuilds every active
+  model version's states (its artifact plus the feedback log, ``catch_up.rebuild_version``). Views
+  cannot be rebuilt from here: they are reported until a materialization run writes them again.
+  A missing marker with the content still there (a store written before markers existed) is not
+  a loss: the marker is simply created.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from featurestore.feedback.catch_up import rebuild_version
+from featurestore.models.state_store import ModelStateStore
+from featurestore.online.epoch import Epoch, ensure_epoch, read_epoch
+
+if TYPE_CHECKING:
+    from featurestore.context import ServiceContext
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OnlineDataStatus:
+    """What ``/health`` reports about the online store's data."""
+
+    epoch: str | None
+    lost_at: datetime | None = None  # when the current marker replaced lost data
+    rebuilt_models: dict[str, int] = field(default_factory=dict)  # by this process
+    rematerialize: tuple[str, ...] = ()  # views lost and not materialized again since
+
+    @property
+    def ok(self) -> bool:
+        return not self.rematerialize
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "epoch": self.epoch,
+            "lost_at": self.lost_at.isoformat() if self.lost_at else None,
+            "rebuilt_models": dict(self.rebuilt_models),
+            "rematerialize": list(self.rematerialize),
+        }
+
+
+class OnlineStoreGuard:
+    """One per server process; thread-safe (``check`` runs from /health and a thread)."""
+
+    def __init__(self, context: ServiceContext) -> None:
+        self.context = context
+        self.losses = 0  # losses this process saw (found or reported by another process)
+        self._seen: str | None = None
+        self._rebuilt: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.last: OnlineDataStatus | None = None  # the latest check's answer, for /metrics
+
+    def check(self) -> OnlineDataStatus:
+        with self._lock:
+            online = self.context.online_store
+            marker = read_epoch(online)
+            if marker is None:
+                marker = self._missing()
+            else:
+                # A model's states can also go alone (a full materialization after the loss
+                # recreated the marker first, an eviction): its layout key is written last.
+                for model, version in sorted(self.context.watcher.snapshot.active_models.items()):
+                    if not ModelStateStore(online, model, version).exists():
+                        self._rebuild(model, version)
+            if self._seen is not None and marker.epoch != self._seen:
+                self.losses += 1
+                logger.warning("the online store's data was lost at %s (found by another process)",
+                               marker.created_at.isoformat())
+            self._seen = marker.epoch
+            self.last = self._status(marker)
+            return self.last
+
+    def _missing(self) -> Epoch:
+        context = self.context
+        views = context.run_log.online_views()
+        models = dict(context.watcher.snapshot.active_models)
+        online = context.online_store
+        present = any(ts is not None for ts in online.newest_event_ts(sorted(views)).values()) if views else False
+        present = present or any(ModelStateStore(online, m, v).exists() for m, v in models.items())
+        lost = bool(views or models) and not present
+        marker, created = ensure_epoch(online, after_loss=lost)
+        if created and lost:
+            self.losses += 1
+            self._seen = marker.epoch  # counted here, not again in check()
+            logger.warning(
+                "the online store lost its data (epoch marker gone, %d view(s) and %d model(s) "
+                "recorded): rebuilding the model states from the feedback log", len(views), len(models),
+            )
+            for model, version in sorted(models.items()):
+                self._rebuild(model, version)
+        return marker
+
+    def _rebuild(self, model: str, version: int) -> None:
+        result = rebuild_version(self.context, model, version)
+        self._rebuilt[model] = version
+        logger.warning("model %r version %d rebuilt from its artifact and the feedback log: %s",
+                       model, version, result.summary())
+
+    def _status(self, marker: Epoch) -> OnlineDataStatus:
+        if not marker.after_loss:
+            return OnlineDataStatus(marker.epoch, rebuilt_models=dict(self._rebuilt))
+        since = self.context.run_log.online_views()
+        # A view written before the loss and not since; a view first materialized after it is fine.
+        lost = tuple(sorted(v for v, finished in since.items() if finished < marker.created_at))
+        return OnlineDataStatus(marker.epoch, marker.created_at, dict(self._rebuilt), lost)

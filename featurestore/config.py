@@ -14,6 +14,7 @@ the default. A bad value names every place that was looked at.
 from __future__ import annotations
 
 import os
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -62,6 +63,27 @@ class TokenConfig(_Section):
     name: str = Field(min_length=1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     roles: list[Literal["read", "write", "admin"]] = Field(min_length=1)
+    expires_at: datetime | None = Field(
+        None,
+        description="When the token stops being accepted (ISO 8601; without a zone it is UTC). "
+        "None: it never expires, until revoked with `featurestore token revoke`.",
+    )
+
+    @field_validator("expires_at", mode="before")
+    @classmethod
+    def _date_is_midnight(cls, value: Any) -> Any:
+        # YAML reads `2026-01-01` as a date; a date alone means the start of that day (UTC).
+        if isinstance(value, date) and not isinstance(value, datetime):
+            return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+        return value
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        # A naive time is read as UTC, so every server compares the same instant.
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
 
 
 class ServerConfig(_Section):

@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from featurestore.config import CONFIG_FILE, load_config
 from featurestore.store import FeatureStore
 from online_server import feedback, models_admin, predict, push
 from online_server import metrics as m
@@ -221,7 +222,18 @@ def create_app(store: FeatureStore, *, owns_store: bool = False) -> FastAPI:
     app.add_middleware(BodyGuard, max_body_bytes=store.config.server.max_body_bytes)
     # Middleware added last runs first: auth refuses a request before any work, then timing.
     app.add_middleware(_TimingMiddleware, server_metrics=server_metrics)
-    app.add_middleware(AuthMiddleware, auth=TokenAuth(store.config.server.tokens))
+    # Tokens follow featurestore.yaml and the registry's revocations without a restart; nothing
+    # is read until start() (app_from_environment) or the first request.
+    root = store.config.root
+    auth = TokenAuth.watching(
+        root / CONFIG_FILE,
+        lambda: load_config(root).server.tokens,
+        store.registry.engine,
+        store.project,
+        tokens=store.config.server.tokens,
+    )
+    app.state.auth = auth
+    app.add_middleware(AuthMiddleware, auth=auth)
 
     @app.post(
         "/features",
@@ -276,14 +288,19 @@ def create_app(store: FeatureStore, *, owns_store: bool = False) -> FastAPI:
     # out, then the feedback thread is stopped, then (``owns_store``) the store is closed.
     registry = server_metrics.registry
     cleanups: list[Callable[[], Any]] = []
+    starters: list[Callable[[], Any]] = [auth.start]
     app.include_router(predict.router(store, registry, cleanups.append))
     app.state.predictor = store.predictor  # the one /predict serves with
-    app.include_router(feedback.router(store, registry, cleanups.append))
+    app.include_router(feedback.router(store, registry, cleanups.append, starters.append))
     app.include_router(push.router(store, registry))
     app.include_router(models_admin.router(store, registry))
+    cleanups.append(auth.close)  # before the store: its thread reads through the store's engine
     if owns_store:
         cleanups.append(store.close)
     on_shutdown(app, *cleanups)
+    # What a real server starts before its first request (app_from_environment): the token
+    # watch, and the feedback maintenance (catch-up, online data checks) of a server of models.
+    app.state.start = lambda: [start() for start in starters]
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
     def metrics() -> PlainTextResponse:
@@ -301,6 +318,7 @@ def app_from_environment() -> FastAPI:
     store = FeatureStore(os.environ.get("FEATURESTORE_REPO", "."), registry_refresh_seconds=1.0)
     store.watcher.refresh(force=True)
     app = create_app(store, owns_store=True)
+    app.state.start()
     # Everything loaded so far (FastAPI, SQLAlchemy, pydantic, the registry: ~120,000 objects)
     # lives as long as the process. Left to the collector, each full collection walks all of
     # it, 70 ms here, and stalls every request in flight: the p99 under load was 4x the bare

@@ -88,10 +88,12 @@ class FeedbackResponse(_Body):
     model_versions: dict[str, int] = Field(description="The version each model's observations went to.")
 
 
-def router(store: FeatureStore, registry: Registry, at_shutdown: ShutdownHook) -> APIRouter:
+def router(
+    store: FeatureStore, registry: Registry, at_shutdown: ShutdownHook, at_start: ShutdownHook | None = None
+) -> APIRouter:
     """``POST /feedback``, with its metrics added to ``registry`` and its background thread
-    (``feedback.maintenance``: started with the server when it has models, else with the first
-    feedback) stopped through ``at_shutdown``."""
+    (``feedback.maintenance``) started through ``at_start`` when the server has models (else
+    with the first feedback) and stopped through ``at_shutdown``."""
     state: dict[str, Any] = {}
 
     def service() -> FeedbackService:
@@ -103,9 +105,13 @@ def router(store: FeatureStore, registry: Registry, at_shutdown: ShutdownHook) -
             state["maintenance"].start()
         return state["service"]  # type: ignore[no-any-return]
 
-    if store.context.definitions().models:
-        # A server of models heals what a crash cut off from the start, not at its first feedback.
-        service()
+    def start() -> None:
+        if store.context.definitions().models:
+            # A server of models heals what a crash cut off from the start, not at its first feedback.
+            service()
+
+    if at_start is not None:
+        at_start(start)
 
     registry.add(Collected("featurestore_feedback", _FAMILIES, lambda: _samples(state.get("service"))))
     routes = APIRouter()

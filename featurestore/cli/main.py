@@ -26,7 +26,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "serve": ("featurestore.cli.serve_cmd", "run the online HTTP server"),
     "stream": ("featurestore.cli.stream_cmd", "run the Beam streaming job: events -> online + offline stores"),
     "demo": ("featurestore.cli.demo_cmd", "run the whole flow on a generated example, then print a report"),
-    "token": ("featurestore.cli.token_cmd", "create a bearer token for the server (prints it once)"),
+    "token": ("featurestore.cli.token_cmd", "bearer tokens of the server: create (prints it once), list, revoke"),
     "jobs": ("featurestore.cli.jobs_cmd", "run feature jobs (learned item factors) and materialize their views"),
     "train": ("featurestore.cli.models_cmd", "train a per-user linear model as a new version"),
     "models": ("featurestore.cli.models_cmd", "model versions and feedback: list, show, activate, rollback, status, replay, retrain, export-feedback"),

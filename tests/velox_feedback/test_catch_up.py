@@ -173,3 +173,27 @@ def test_a_swap_that_keeps_losing_gives_up_at_the_deadline_instead_of_failing(
     assert (result.new, result.deferred, result.rejected) == (2, 2, ())
     assert result.cas_retries >= 1
     assert service.counters.deferred == 2
+
+
+def test_a_registry_outage_answers_503_before_anything_is_acknowledged(
+    store: FeatureStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from online_server.app import create_app
+
+    def down(self: FeedbackLog, observations: Any) -> Any:
+        raise StoreUnavailableError("cannot write the feedback log", hint="check that the registry database is up")
+
+    before = state(store, key(1))
+    monkeypatch.setattr(FeedbackLog, "append", down)
+    client = TestClient(create_app(store))
+    r = client.post("/feedback", json={"model": "taste", "user": {"user_id": 1}, "item": {"item_id": 3},
+                                       "label": 4.0, "feedback_id": "down-1"})
+    assert r.status_code == 503 and r.json()["error"]["retryable"] is True
+    monkeypatch.undo()
+    assert _logged(store, 1) == [] and state(store, key(1)).w.tolist() == before.w.tolist()
+    # The client's retry, once the database is back, is learned once.
+    r = client.post("/feedback", json={"model": "taste", "user": {"user_id": 1}, "item": {"item_id": 3},
+                                       "label": 4.0, "feedback_id": "down-1"})
+    assert r.status_code == 200 and r.json()["new"] == 1

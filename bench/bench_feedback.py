@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import pyarrow as pa
 
-import featurestore.feedback as feedback_module
+import featurestore.feedback.service as feedback_module
 from bench._common import OUT, delete_redis_project, percentile, run_wrk
 from bench.bench_online import free_port, wait_up
 from bench.bench_predict import DEFS
@@ -148,6 +148,8 @@ def in_process(store: FeatureStore, users: int, items: int, size: int, total: in
     timers.wrap(online, "get_blobs", "read states (Redis)")
     timers.wrap(online, "compare_and_swap_blobs", "compare-and-swap (Redis)")
     timers.wrap(service.log, "append", "log commit (PostgreSQL)")
+    if hasattr(service.log, "mark_applied"):  # since the catch-up (issue 15): rows leave `pending`
+        timers.wrap(service.log, "mark_applied", "mark applied (PostgreSQL, async commit)")
     timers.wrap(BatchStateCodec, "decode", "update: decode states")
     timers.wrap(feedback_module, "learn_encode", "update: learn + encode states")
     samples = []

@@ -360,6 +360,8 @@ class FeatureStore:
         # The predictor first: its prediction log flushes to the registry database.
         if "predictor" in self.__dict__:
             self.predictor.close()
+        if "feedback_service" in self.__dict__:
+            self.feedback_service.log.close()  # its queued "applied" marks
         if "pusher" in self.__dict__:
             self.pusher.close()
         if "watcher" in self.__dict__:

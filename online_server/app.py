@@ -270,9 +270,10 @@ def create_app(store: FeatureStore, *, owns_store: bool = False) -> FastAPI:
             # Did the online store lose its data (Redis restarted empty)? The guard rebuilds the
             # model states from the log; lost views are reported until they are re-materialized.
             try:
-                data = store.online_guard.check()
-            except FeatureStoreError as exc:
-                checks["online_data"] = exc.message
+                data = store.online_guard.check(wait=False)  # never queue probes behind a restore
+            except Exception as exc:  # noqa: BLE001 - a failed check is reported, not a 500
+                checks["online_data"] = exc.message if isinstance(exc, FeatureStoreError) else f"{type(exc).__name__}: {exc}"
+                body["status"] = "degraded"
             else:
                 body["online_data"] = data.to_dict()
                 checks["online_data"] = "ok" if data.ok else (

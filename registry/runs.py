@@ -126,6 +126,30 @@ class MaterializationLog:
             ).all()
         return {r[0]: _utc(r[1]) for r in rows}
 
+    def views_to_rematerialize(self, lost_at: datetime) -> list[str]:
+        """Views that wrote online rows before ``lost_at`` (when the online store was found
+        emptied) and have not been re-materialized over their whole range since: no run that
+        finished after ``lost_at`` starts at or before the earliest start of their runs before
+        it. An ``--incremental`` run refills only its own interval, so it does not count."""
+        m = t.materializations
+        before = (
+            sa.select(m.c.feature_view, sa.func.min(m.c.start_ts).label("first"))
+            .where(m.c.project == self.project, m.c.rows_online > 0, m.c.finished_at < lost_at)
+            .group_by(m.c.feature_view)
+        ).subquery()
+        with self.engine.connect() as conn:
+            views = conn.execute(sa.select(before.c.feature_view, before.c.first)).all()
+            refilled = {
+                r[0]
+                for r in conn.execute(
+                    sa.select(m.c.feature_view, m.c.start_ts).where(
+                        m.c.project == self.project, m.c.rows_online > 0, m.c.finished_at >= lost_at
+                    )
+                ).all()
+                if any(r[0] == v and _utc(r[1]) <= _utc(first) for v, first in views)
+            }
+        return sorted(v for v, _ in views if v not in refilled)
+
     def runs(self, view: str | None = None, limit: int = 100) -> list[MaterializationRun]:
         m = t.materializations
         query = sa.select(m).where(m.c.project == self.project)

@@ -145,10 +145,13 @@ feedback = sa.Table(
     sa.Column("pending", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("project", "feedback_id", name="uq_fs_feedback_id"),
     sa.Index("ix_fs_feedback_model", "project", "model", "model_version", "seq"),
-    # Partial: the pending rows are a handful at any time, so finding them costs nothing.
+    # One user's rows of a version, in order: the catch-up's and a restore's rebuilds.
+    sa.Index("ix_fs_feedback_user", "project", "model", "model_version", "user_key", "seq"),
+    # Partial: the pending rows are a handful at any time, so finding them costs nothing. (The
+    # SQLite predicate is spelled as SQLAlchemy renders a boolean test there, or it is unused.)
     sa.Index(
         "ix_fs_feedback_pending", "project", "model", "model_version", "user_key",
-        postgresql_where=sa.text("pending"), sqlite_where=sa.text("pending"),
+        postgresql_where=sa.text("pending"), sqlite_where=sa.text("pending = 1"),
     ),
 )
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -48,9 +47,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: A pending row older than this is treated as cut off. Far beyond the service's apply
-#: deadline (5 s) plus a slow store call, so a live update is never raced.
-CATCH_UP_AFTER_SECONDS = float(os.environ.get("FEATURESTORE_FEEDBACK_CATCH_UP_AFTER_SECONDS", "120"))
+#: A pending row older than this is treated as cut off. Far beyond the service's last swap
+#: (60 s after receipt) plus a slow store call (Redis: 30 s timeout, two retries), so a live
+#: update is never raced.
+CATCH_UP_AFTER_SECONDS = float(os.environ.get("FEATURESTORE_FEEDBACK_CATCH_UP_AFTER_SECONDS", "300"))
 _CHUNK = 500  # users rebuilt per read / swap
 
 
@@ -104,51 +104,41 @@ def catch_up(
         by_version[(model, version)].append(user)
     users = rows = waiting = offline = 0
     for (model, version), keys in by_version.items():
-        if not ModelStateStore(context.online_store, model, version).exists():
-            offline += len(keys)  # restored with the version (replay), never half-healed here
-            continue
-        for start in range(0, len(keys), _CHUNK):
-            u, r, w = _rebuild(context, log, model, version, keys[start : start + _CHUNK], cutoff)
-            users, rows, waiting = users + u, rows + r, waiting + len(w)
+        try:
+            if not ModelStateStore(context.online_store, model, version).exists():
+                # Restoring the version (activation, loss recovery) flags its rows pending again.
+                offline += len(keys)
+                continue
+            for start in range(0, len(keys), _CHUNK):
+                u, r, w = _rebuild(context, log, model, version, keys[start : start + _CHUNK], cutoff)
+                users, rows, waiting = users + u, rows + r, waiting + len(w)
+        except Exception as exc:  # noqa: BLE001 - one bad version must not stop the others
+            logger.warning("feedback catch-up of model %r version %d failed: %s: %s",
+                           model, version, type(exc).__name__, exc)
+            waiting += len(keys)
     result = CatchUpResult(users, rows, waiting, offline)
     if users:
         logger.warning("feedback catch-up: %s", result.summary())
     return result
 
 
-def rebuild_version(
-    context: ServiceContext, model: str, version: int, *, wait_seconds: float = 10.0
-) -> CatchUpResult:
-    """Rebuild every user of a version with log rows, after the online store lost its data:
-    the version's trained states first (``restore_version``), then each user from the log, with
-    the catch-up's guards. Users with an update in flight are retried for up to ``wait_seconds``;
-    those still waiting then have a row cut off by a crash, which the catch-up heals later."""
-    import sqlalchemy as sa
-
+def rebuild_version(context: ServiceContext, model: str, version: int) -> CatchUpResult:
+    """After the online store lost a version's states: restore its trained states, which flags
+    every logged row of the version pending again (``restore_version``), then rebuild at once
+    every user whose rows are all older than the catch-up's wait. Users with a recent row wait
+    for the regular catch-up (at most ``CATCH_UP_AFTER_SECONDS``), which also finishes the job
+    if this process dies halfway: the flags are in the database."""
     from featurestore.models.artifacts import restore_version
-    from registry import tables as t
 
     restore_version(context, model, version)
     log = FeedbackLog(context.engine, context.project)
-    f = t.feedback
-    with context.engine.connect() as conn:
-        todo = list(conn.execute(
-            sa.select(f.c.user_key).where(f.c.project == context.project, f.c.model == model,
-                                          f.c.model_version == version).distinct()
-        ).scalars())
-    users = rows = 0
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        cutoff = datetime.now(timezone.utc) - timedelta(seconds=CATCH_UP_AFTER_SECONDS)
-        waiting: list[str] = []
-        for start in range(0, len(todo), _CHUNK):
-            done, applied, wait = _rebuild(context, log, model, version, todo[start : start + _CHUNK], cutoff)
-            users, rows = users + done, rows + applied
-            waiting += wait
-        todo = waiting
-        if not todo or time.monotonic() >= deadline:
-            return CatchUpResult(users, rows, len(todo), 0)
-        time.sleep(0.2)
+    cutoff = datetime.now(timezone.utc) - timedelta(seconds=CATCH_UP_AFTER_SECONDS)
+    keys = [u for m, v, u in log.pending_users(cutoff) if (m, v) == (model, version)]
+    users = rows = waiting = 0
+    for start in range(0, len(keys), _CHUNK):
+        u, r, w = _rebuild(context, log, model, version, keys[start : start + _CHUNK], cutoff)
+        users, rows, waiting = users + u, rows + r, waiting + len(w)
+    return CatchUpResult(users, rows, waiting, 0)
 
 
 def _rebuild(
@@ -181,6 +171,6 @@ def _rebuild(
     swaps = {keys[i]: (snapshot[i], encoded[i]) for i in ready if snapshot[i] != encoded[i]}
     lost = set(online.compare_and_swap_blobs(namespace, swaps)) if swaps else set()
     done = {users[i] for i in ready if keys[i] not in lost}
-    applied = [o.feedback_id for o in mine if o.pending and o.user_key in done]
+    applied = [o.seq for o in mine if o.pending and o.user_key in done]
     log.mark_applied(applied)
     return len(done), len(applied), [u for u in users if u not in done]

@@ -15,9 +15,12 @@ users, and ``featurestore.feedback.catch_up`` rebuilds them from the log.
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import sqlalchemy as sa
@@ -25,6 +28,8 @@ from sqlalchemy.engine import Engine
 
 from registry import tables as t
 from registry.errors import StoreUnavailableError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,11 +80,17 @@ class FeedbackLog:
     def __init__(self, engine: Engine, project: str) -> None:
         self.engine = engine
         self.project = project
+        self._marks = _MarkQueue(self._clear)
 
     def append(self, observations: Sequence[Observation]) -> list[bool]:
         """Record ``observations`` durably (committed when this returns); for each, True if it
         was new, False if its feedback_id was already logged. Duplicates within the call count
         once (the first)."""
+        return [seq is not None for seq in self.append_seqs(observations)]
+
+    def append_seqs(self, observations: Sequence[Observation]) -> list[int | None]:
+        """``append``, giving each new observation's log sequence number (None: not new), which
+        ``mark_applied`` takes."""
         if not observations:
             return []
         now = datetime.now(timezone.utc)
@@ -95,11 +106,11 @@ class FeedbackLog:
                 hint="check that the registry database is up; nothing was acknowledged",
             ) from None
         seen: set[str] = set()
-        out = []
+        out: list[int | None] = []
         for obs in observations:
             fresh = obs.feedback_id in new_ids and obs.feedback_id not in seen
             seen.add(obs.feedback_id)
-            out.append(fresh)
+            out.append(new_ids[obs.feedback_id] if fresh else None)
         return out
 
     def _rows(self, observations: Sequence[Observation], now: datetime) -> list[dict]:
@@ -120,7 +131,7 @@ class FeedbackLog:
             )
         return rows
 
-    def _append_sqlite(self, observations: Sequence[Observation], now: datetime) -> set[str]:
+    def _append_sqlite(self, observations: Sequence[Observation], now: datetime) -> dict[str, int]:
         rows = self._rows(observations, now)
         f = t.feedback
         with self.engine.connect() as conn:
@@ -138,15 +149,23 @@ class FeedbackLog:
                         ).scalars()
                     )
                 fresh = [r for r in rows if r["feedback_id"] not in existing]
+                seqs: dict[str, int] = {}
                 if fresh:
                     conn.execute(sa.insert(f), fresh)
+                    new_ids = [r["feedback_id"] for r in fresh]
+                    for start in range(0, len(new_ids), 900):
+                        seqs.update(conn.execute(
+                            sa.select(f.c.feedback_id, f.c.seq).where(
+                                f.c.project == self.project, f.c.feedback_id.in_(new_ids[start : start + 900])
+                            )
+                        ).all())
                 conn.exec_driver_sql("COMMIT")
             except BaseException:
                 conn.exec_driver_sql("ROLLBACK")
                 raise
-        return {r["feedback_id"] for r in fresh}
+        return seqs
 
-    def _append_postgres(self, observations: Sequence[Observation], now: datetime) -> set[str]:
+    def _append_postgres(self, observations: Sequence[Observation], now: datetime) -> dict[str, int]:
         rows = self._rows(observations, now)
         cols = ["project", "feedback_id", "model", "model_version", "user_key", "item_key", "label",
                 "prediction_id", "features", "prediction", "baseline", "slice", "event_ts", "received_at",
@@ -156,14 +175,14 @@ class FeedbackLog:
         sql = (
             f"INSERT INTO fs_feedback ({', '.join(cols)}) "
             f"SELECT * FROM unnest({', '.join(f'%b::{ty}[]' for ty in types)}) "
-            "ON CONFLICT (project, feedback_id) DO NOTHING RETURNING feedback_id"
+            "ON CONFLICT (project, feedback_id) DO NOTHING RETURNING feedback_id, seq"
         )
         params = [[r[c] for r in rows] for c in cols]
         raw = self.engine.raw_connection()
         try:
             with raw.cursor() as cur:
                 cur.execute(sql, params)
-                inserted = {row[0] for row in cur.fetchall()}
+                inserted = {row[0]: int(row[1]) for row in cur.fetchall()}
             raw.commit()
         except BaseException:
             raw.rollback()
@@ -172,24 +191,40 @@ class FeedbackLog:
             raw.close()
         return inserted
 
-    def mark_applied(self, feedback_ids: Sequence[str]) -> None:
-        """Clear the pending flag of ``feedback_ids`` once their update is in the online state.
+    def mark_applied(self, seqs: Sequence[int], *, wait: bool = True) -> None:
+        """Clear the pending flag of the rows ``seqs`` once their update is in the online state.
 
-        A mark that is lost (a crash right after the swap, a database hiccup) costs only a
-        redundant, idempotent rebuild of those users by the catch-up, so on PostgreSQL the
-        mark's commit does not wait for the disk (``synchronous_commit = off``)."""
-        ids = list(dict.fromkeys(feedback_ids))
-        if not ids:
+        With ``wait=False`` (the request path) the seqs are queued and a background thread
+        clears them in one statement every ``MARK_INTERVAL`` seconds: the request does not wait
+        for it. A mark that is lost (a crash before the flush, a database hiccup) costs only a
+        redundant, idempotent rebuild by the catch-up, so on PostgreSQL the mark's commit does
+        not wait for the disk either (``synchronous_commit = off``)."""
+        if not seqs:
             return
+        if wait:
+            self._clear(list(seqs))
+        else:
+            self._marks.add(seqs)
+
+    def flush_marks(self) -> None:
+        """Clear every queued mark now (at close, and in tests)."""
+        self._marks.flush()
+
+    def close(self) -> None:
+        self._marks.close()
+
+    def _clear(self, seqs: list[int]) -> None:
         f = t.feedback
         with self.engine.begin() as conn:
             if self.engine.dialect.name == "postgresql":
                 conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
-            for start in range(0, len(ids), 900):
+                conn.exec_driver_sql(
+                    "UPDATE fs_feedback SET pending = false WHERE seq = ANY(%(seqs)s) AND pending", {"seqs": seqs}
+                )
+                return
+            for start in range(0, len(seqs), 900):
                 conn.execute(
-                    sa.update(f)
-                    .where(f.c.project == self.project, f.c.feedback_id.in_(ids[start : start + 900]), f.c.pending)
-                    .values(pending=False)
+                    sa.update(f).where(f.c.seq.in_(seqs[start : start + 900]), f.c.pending).values(pending=False)
                 )
 
     def pending_users(self, older_than: datetime) -> list[tuple[str, int, str]]:
@@ -266,3 +301,48 @@ class FeedbackLog:
             query = query.where(f.c.model_version == model_version)
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
+
+
+MARK_INTERVAL = 0.1
+
+
+class _MarkQueue:
+    """Seqs to mark applied, cleared by a daemon thread in one statement per interval (started
+    on first use in each process, so a fork does not inherit a dead thread)."""
+
+    def __init__(self, clear: Callable[[list[int]], None]) -> None:
+        self._clear = clear
+        self._lock = threading.Lock()
+        self._seqs: list[int] = []
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._pid = 0
+        self._thread: threading.Thread | None = None
+
+    def add(self, seqs: Sequence[int]) -> None:
+        with self._lock:
+            self._seqs.extend(seqs)
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._stop = threading.Event()
+                self._thread = threading.Thread(target=self._run, name="feedback-marks", daemon=True)
+                self._thread.start()
+
+    def flush(self) -> None:
+        with self._lock:
+            seqs, self._seqs = self._seqs, []
+        if seqs:
+            try:
+                self._clear(seqs)
+            except Exception as exc:  # noqa: BLE001 - lost marks only cost an idempotent rebuild
+                logger.warning("could not mark %d feedback row(s) applied: %s", len(seqs), exc)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(MARK_INTERVAL):
+            self.flush()

@@ -89,8 +89,7 @@ class Maintenance:
                 due[task] = now + period
                 try:
                     if task == "catch_up":
-                        if self.guard is not None:
-                            self.guard.check()  # an emptied online store first: rebuild the states
+                        self._guard_check()  # an emptied online store first: restore the states
                         self.counters.count_caught_up(catch_up(self.context).rows)
                     elif task == "flush":
                         self.flush(models)
@@ -100,6 +99,14 @@ class Maintenance:
                     logger.warning("feedback maintenance (%s) failed: %s: %s", task, type(exc).__name__, exc)
             if self._stop.wait(tick):
                 return
+
+    def _guard_check(self) -> None:
+        if self.guard is None:
+            return
+        try:
+            self.guard.check()
+        except Exception as exc:  # noqa: BLE001 - never keep the catch-up from running
+            logger.warning("online data check failed: %s: %s", type(exc).__name__, exc)
 
     def flush(self, models: list[str]) -> None:
         for model in models:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from featurestore.feedback.catch_up import rebuild_version
 from featurestore.models.state_store import ModelStateStore
 from featurestore.online.epoch import Epoch, ensure_epoch, read_epoch
+from featurestore.online.memory import MemoryOnlineStore
 
 if TYPE_CHECKING:
     from featurestore.context import ServiceContext
@@ -68,25 +69,38 @@ class OnlineStoreGuard:
         self._lock = threading.Lock()
         self.last: OnlineDataStatus | None = None  # the latest check's answer, for /metrics
 
-    def check(self) -> OnlineDataStatus:
-        with self._lock:
-            online = self.context.online_store
-            marker = read_epoch(online)
-            if marker is None:
-                marker = self._missing()
-            else:
-                # A model's states can also go alone (a full materialization after the loss
-                # recreated the marker first, an eviction): its layout key is written last.
-                for model, version in sorted(self.context.watcher.snapshot.active_models.items()):
-                    if not ModelStateStore(online, model, version).exists():
-                        self._rebuild(model, version)
-            if self._seen is not None and marker.epoch != self._seen:
-                self.losses += 1
-                logger.warning("the online store's data was lost at %s (found by another process)",
-                               marker.created_at.isoformat())
-            self._seen = marker.epoch
-            self.last = self._status(marker)
+    def check(self, *, wait: bool = True) -> OnlineDataStatus:
+        """Look, and recover what can be recovered. ``wait=False`` (``/health``) answers the
+        last result at once while another check (a rebuild, maybe) is running."""
+        if not self._lock.acquire(blocking=wait):
+            return self.last or OnlineDataStatus(None)
+        try:
+            return self._check()
+        finally:
+            self._lock.release()
+
+    def _check(self) -> OnlineDataStatus:
+        online = self.context.online_store
+        if isinstance(online, MemoryOnlineStore):
+            # Per process by design: every new process starts empty, which is no loss.
+            self.last = OnlineDataStatus(None)
             return self.last
+        marker = read_epoch(online)
+        if marker is None:
+            marker = self._missing()
+        else:
+            # A model's states can also go alone (a full materialization after the loss
+            # recreated the marker first, an eviction): its layout key is written last.
+            for model, version in sorted(self.context.watcher.snapshot.active_models.items()):
+                if not ModelStateStore(online, model, version).exists():
+                    self._rebuild(model, version)
+        if self._seen is not None and marker.epoch != self._seen:
+            self.losses += 1
+            logger.warning("the online store's data was lost at %s (found by another process)",
+                           marker.created_at.isoformat())
+        self._seen = marker.epoch
+        self.last = self._status(marker)
+        return self.last
 
     def _missing(self) -> Epoch:
         context = self.context
@@ -117,7 +131,5 @@ class OnlineStoreGuard:
     def _status(self, marker: Epoch) -> OnlineDataStatus:
         if not marker.after_loss:
             return OnlineDataStatus(marker.epoch, rebuilt_models=dict(self._rebuilt))
-        since = self.context.run_log.online_views()
-        # A view written before the loss and not since; a view first materialized after it is fine.
-        lost = tuple(sorted(v for v, finished in since.items() if finished < marker.created_at))
+        lost = tuple(self.context.run_log.views_to_rematerialize(marker.created_at))
         return OnlineDataStatus(marker.epoch, marker.created_at, dict(self._rebuilt), lost)

@@ -15,7 +15,8 @@
    users), then ``compare_and_swap_blobs`` writes them *only if each user's stored bytes are still
    the ones read in step 2*. Users whose swap failed (another process wrote first) are re-read,
    re-learned from their fresh state and swapped again, so no concurrent update is ever lost.
-5. **Mark applied**: the swapped observations' log rows lose their ``pending`` flag. Nothing
+5. **Mark applied**: the swapped observations' log rows lose their ``pending`` flag (queued,
+   cleared in one statement every 0.1 s by the log's background thread). Nothing
    after step 3 may fail the request: when the state store fails, or the swaps keep losing for
    ``APPLY_DEADLINE_SECONDS``, the rest stays pending (counted as ``deferred``) and the servers'
    catch-up (``feedback.catch_up``) applies it from the log. The deadline is what makes the
@@ -55,9 +56,12 @@ _REUSED_HINT = "give every observation its own feedback_id; a retry must repeat 
 
 logger = logging.getLogger(__name__)
 
-#: A process gives up swapping an observation in this long after it logged it; the catch-up
-#: (``feedback.catch_up``) waits well beyond it before it treats a pending row as cut off.
+#: A process stops retrying a contended swap this long after it received the observation; and
+#: sends no swap at all after ``LAST_SWAP_SECONDS`` (a commit that slow). The catch-up
+#: (``feedback.catch_up``) waits far beyond both (300 s: a slow last swap, up to 90 s of Redis
+#: timeouts and retries, plus clock skew) before it treats a pending row as cut off.
 APPLY_DEADLINE_SECONDS = 5.0
+LAST_SWAP_SECONDS = 60.0
 
 if TYPE_CHECKING:
     from featurestore.context import ServiceContext
@@ -159,6 +163,11 @@ class FeedbackService:
         if len(obs) > MAX_BATCH:
             raise UserError(f"{len(obs):,} observations in one request", hint=f"send at most {MAX_BATCH:,} per request")
         received = datetime.now(timezone.utc)
+        # The apply deadline runs from before the log append: the row's received_at is stamped
+        # then, and the catch-up's wait is measured from it (a slow commit eats into both).
+        started = time.monotonic()
+        deadline = started + self.apply_deadline_seconds
+        last_swap = started + LAST_SWAP_SECONDS  # see ``_learn``
         rejected: list[Rejection] = []
         groups: dict[str, _Group] = {}
         defs = self.context.watcher.snapshot.definitions
@@ -188,14 +197,20 @@ class FeedbackService:
         # Score before learning, from one read of every user's state.
         staged = [stage for group, X, keep in ready if (stage := self._stage(group, X, keep, rejected)) is not None]
         to_log = [o for stage in staged for o in stage.observations]
-        flags = self.log.append(to_log) if to_log else []
-        reused = self._reused(to_log, flags)
+        seqs = self.log.append_seqs(to_log) if to_log else []
+        flags = [seq is not None for seq in seqs]
+        try:
+            reused = self._reused(to_log, flags)
+        except Exception as exc:  # noqa: BLE001 - after the commit nothing may fail the request
+            # Cannot tell a retry from a reused id now: both were not recorded, so answering
+            # "duplicate" loses nothing (the first observation stays the logged one).
+            logger.warning("could not check %d already-logged feedback id(s): %s", flags.count(False), exc)
+            reused = {}
 
         new = duplicates = retries = deferred = 0
         offset = 0
         counters = self.counters
-        deadline = time.monotonic() + self.apply_deadline_seconds
-        applied: list[str] = []
+        applied: list[int] = []
         for stage in staged:
             n = len(stage.observations)
             fresh = np.asarray(flags[offset : offset + n], dtype=bool)
@@ -204,12 +219,15 @@ class FeedbackService:
                 if why is not None:
                     rejected.append(Rejection(stage.indices[k], "feedback_id", why, _REUSED_HINT, status=409))
             conflicts = sum(1 for k in range(n) if offset + k in reused)
-            offset += n
-            done, tries = self._apply(stage, fresh, deadline)
+            done, tries = self._apply(stage, fresh, deadline, last_swap)
             retries += tries
             deferred += int((fresh & ~done).sum())
-            applied += [stage.observations[k].feedback_id for k in np.flatnonzero(fresh & done).tolist()]
-            self._monitor(stage, fresh)
+            applied += [seqs[offset + k] for k in np.flatnonzero(fresh & done).tolist()]  # type: ignore[misc]
+            offset += n
+            try:
+                self._monitor(stage, fresh)
+            except Exception as exc:  # noqa: BLE001 - monitoring must not fail a committed request
+                logger.warning("model %r: feedback monitoring failed: %s", stage.group.plan.model, exc)
             n_new = int(fresh.sum())
             new += n_new
             duplicates += n - n_new - conflicts
@@ -221,11 +239,8 @@ class FeedbackService:
         rejected.sort(key=lambda r: r.index)
         counters.add_retries(retries)
         counters.count_deferred(deferred)
-        if applied:
-            try:
-                self.log.mark_applied(applied)
-            except Exception as exc:  # noqa: BLE001 - a lost mark costs only an idempotent rebuild
-                logger.warning("could not mark %d feedback row(s) applied: %s", len(applied), exc)
+        # Queued: the request does not wait for it, and a lost mark costs only an idempotent rebuild.
+        self.log.mark_applied(applied, wait=False)
         return FeedbackResult(
             received=len(obs),
             new=new,
@@ -431,12 +446,12 @@ class FeedbackService:
         indices = [group.index[j] for j in sel.tolist()]
         return _Stage(group, indices, keys, rows, blobs, batch, X, y, personal, average, cohorts, observations)
 
-    def _apply(self, stage: _Stage, fresh: np.ndarray, deadline: float) -> tuple[np.ndarray, int]:
+    def _apply(self, stage: _Stage, fresh: np.ndarray, deadline: float, last_swap: float) -> tuple[np.ndarray, int]:
         """Learn the new observations of a stage after the commit, never raising: which of them
         are in the online state now, and how many retries it took."""
         done = np.zeros(len(fresh), dtype=bool)
         try:
-            lost, retries = self._learn(stage, fresh, deadline)
+            lost, retries = self._learn(stage, fresh, deadline, last_swap)
         except FeatureStoreError as exc:
             logger.warning(
                 "model %r: %d logged observation(s) left to the catch-up: %s",
@@ -448,7 +463,9 @@ class FeedbackService:
             done &= ~np.isin(stage.rows, np.fromiter(lost, np.intp, len(lost)))
         return done, retries
 
-    def _learn(self, stage: _Stage, fresh: np.ndarray, deadline: float) -> tuple[set[int], int]:
+    def _learn(
+        self, stage: _Stage, fresh: np.ndarray, deadline: float, last_swap: float
+    ) -> tuple[set[int], int]:
         """Learn the new observations and swap the states in: the users (stage rows) whose swap
         did not land before ``deadline``, and how many retries it took."""
         sel = np.flatnonzero(fresh)
@@ -465,6 +482,10 @@ class FeedbackService:
         todo = np.unique(rows)
         retries = 0
         while True:
+            if time.monotonic() >= last_swap:
+                # Even a first swap is not sent this late (a very slow commit): the catch-up,
+                # which waits CATCH_UP_AFTER_SECONDS from receipt, may be rebuilding the user.
+                return self._give_up(plan.model, todo, retries)
             mask = np.isin(rows, todo) if retries else np.ones(len(rows), bool)
             users, local = local_rows(rows[mask])
             # Usually every user of the request, in order: learn on them without another copy.
@@ -481,18 +502,22 @@ class FeedbackService:
             todo = np.asarray([u for u, key in zip(users.tolist(), keys) if key in lost], dtype=np.intp)
             retries += 1
             if retries >= self.max_attempts or time.monotonic() >= deadline:
-                logger.warning(
-                    "model %r: the states of %d user(s) kept changing under %d attempts; their "
-                    "observations are left to the catch-up", plan.model, len(todo), retries,
-                )
-                return set(todo.tolist()), retries
+                return self._give_up(plan.model, todo, retries)
             fresh_blobs = online.get_blobs(namespace, [stage.keys[u] for u in todo.tolist()])
+            if time.monotonic() >= deadline:  # the re-read itself can be slow: never swap late
+                return self._give_up(plan.model, todo, retries)
             for u, blob in zip(todo.tolist(), fresh_blobs):
                 expected[u] = blob
             reread, _ = codec.decode(fresh_blobs, plan.states.average(), layout.l2)
             current.put(todo, reread)
             if retries > 2:  # two writers racing for one user: let the other finish
                 time.sleep(random.random() * min(0.002 * retries, 0.05))
+
+    @staticmethod
+    def _give_up(model: str, todo: np.ndarray, retries: int) -> tuple[set[int], int]:
+        logger.warning("model %r: the states of %d user(s) kept changing under %d attempts; their "
+                       "observations are left to the catch-up", model, len(todo), retries)
+        return set(todo.tolist()), retries
 
     def _monitor(self, stage: _Stage, fresh: np.ndarray) -> None:
         sel = np.flatnonzero(fresh)

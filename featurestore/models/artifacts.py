@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import sqlalchemy as sa
 
 from featurestore.models.linear import UserState
 from featurestore.models.state_codec import decode_state, encode_state
 from featurestore.models.state_store import ModelLayout, ModelStateStore
+from registry import tables as t
 from registry.errors import NotFoundError
 
 if TYPE_CHECKING:
@@ -86,11 +88,23 @@ def read_artifact(directory: Path) -> tuple[dict[str, Any], ModelLayout, np.ndar
 
 def restore_version(context: ServiceContext, model: str, version: int) -> bool:
     """Make sure a version's state is in the online store, reloading it from its artifact when
-    it is not (e.g. Redis was flushed). True when it had to be restored."""
+    it is not (e.g. Redis was flushed). True when it had to be restored.
+
+    The trained states alone would drop the feedback learned since training. So the version's
+    feedback rows are first flagged pending again (durably: a crash from here on loses
+    nothing), and the catch-up (``feedback.catch_up``) rebuilds every such user from the log;
+    the trained states are written only where no state is stored, never over a rebuilt one."""
     states = ModelStateStore(context.online_store, model, version)
     if states.exists():
         return False
+    f = t.feedback
+    with context.engine.begin() as conn:
+        conn.execute(
+            sa.update(f)
+            .where(f.c.project == context.project, f.c.model == model, f.c.model_version == version)
+            .values(pending=True)
+        )
     recorded = context.model_versions.get(model, version)
     _, layout, w_avg, user_states = read_artifact(Path(recorded.artifact))
-    states.publish(layout, w_avg, user_states)
+    states.publish(layout, w_avg, user_states, if_absent=True)
     return True

@@ -247,17 +247,19 @@ class ModelStateStore:
 
     # -- publishing -------------------------------------------------------------------------------
     def publish(
-        self, layout: ModelLayout, w_avg: np.ndarray, states: Mapping[bytes, UserState]
+        self, layout: ModelLayout, w_avg: np.ndarray, states: Mapping[bytes, UserState], *, if_absent: bool = False
     ) -> None:
         """Write every user's state, then the average user, then the layout.
 
-        The layout goes last: a reader that finds it finds a complete version.
+        The layout goes last: a reader that finds it finds a complete version. ``if_absent``
+        (a restore into a store that lost the version) writes a user's trained state only where
+        none is stored, so a state another process already rebuilt is never overwritten.
         """
         w_avg = np.asarray(w_avg, dtype=np.float64)
         if w_avg.shape != (layout.d,):
             raise DataError(f"average weights have shape {w_avg.shape}, the layout has d={layout.d}")
         ensure_epoch(self.online_store)  # lasting content: its loss must be noticed
-        self.put_states(states, d=layout.d)
+        self.put_states(states, d=layout.d, if_absent=if_absent)
         self.online_store.put_blobs(
             self.namespace, {AVERAGE_KEY: encode_weights(w_avg)}
         )
@@ -314,8 +316,9 @@ class ModelStateStore:
         """Whether each user has a stored state (False: served as the average user)."""
         return [b is not None for b in self.online_store.get_blobs(self.namespace, list(users))]
 
-    def put_states(self, states: Mapping[bytes, UserState], d: int | None = None) -> None:
-        """Store users' states (e.g. after feedback), overwriting."""
+    def put_states(self, states: Mapping[bytes, UserState], d: int | None = None, *, if_absent: bool = False) -> None:
+        """Store users' states (e.g. after feedback), overwriting (``if_absent``: only where
+        the user has none)."""
         want = d if d is not None else self.layout().d
         encoded: dict[bytes, bytes] = {}
         for key, state in states.items():
@@ -329,9 +332,15 @@ class ModelStateStore:
                 )
             encoded[bytes(key)] = encode_state(state)
             if len(encoded) >= _PUT_CHUNK:
-                self.online_store.put_blobs(self.namespace, encoded)
+                self._write(encoded, if_absent)
                 encoded = {}
         if encoded:
+            self._write(encoded, if_absent)
+
+    def _write(self, encoded: dict[bytes, bytes], if_absent: bool) -> None:
+        if if_absent:
+            self.online_store.compare_and_swap_blobs(self.namespace, {k: (None, v) for k, v in encoded.items()})
+        else:
             self.online_store.put_blobs(self.namespace, encoded)
 
     def _load(self, users: Sequence[bytes]) -> list[bytes | None]:

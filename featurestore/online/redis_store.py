@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
@@ -138,6 +138,14 @@ def open_client(url: str) -> redis.Redis:
     )
 
 
+def open_once_client(url: str) -> redis.Redis:
+    """Like ``open_client``, for the one command that is *not* safe to repeat: the blob
+    compare-and-swap. Resent after a dropped reply, a swap that had succeeded fails (the key
+    holds its own new value) and the caller would learn its update twice; without a retry the
+    caller sees an error instead, and the feedback catch-up rebuilds the user from the log."""
+    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, retry=Retry(NoBackoff(), 0))
+
+
 class RedisOnlineStore(OnlineStore):
     """Latest values and blobs in Redis, pipelined.
 
@@ -160,6 +168,7 @@ class RedisOnlineStore(OnlineStore):
         self.url = url
         try:
             self._client = open_client(url)
+            self._once: redis.Redis | None = None  # the compare-and-swap's client, on first use
         except ValueError as exc:
             raise ConfigError(
                 f"bad online_store.url {redact(url)!r}: {exc}",
@@ -394,7 +403,9 @@ class RedisOnlineStore(OnlineStore):
             # A leading flag byte tells "must be absent" from "must equal these bytes".
             args += (b"0" if expected is None else b"1" + bytes(expected), bytes(new))
         with self._guard("writing"):
-            failed = self._client.execute_command(
+            if self._once is None:
+                self._once = open_once_client(self.url)
+            failed = self._once.execute_command(
                 "EVAL", _CAS_SCRIPT, len(keys), *[prefix + k for k in keys], *args
             )
         return [keys[int(i) - 1] for i in failed]
@@ -406,6 +417,8 @@ class RedisOnlineStore(OnlineStore):
     def close(self) -> None:
         if not self._closed:
             self._client.close()
+            if self._once is not None:
+                self._once.close()
             if self._async is not None:
                 self._async.close()
         super().close()

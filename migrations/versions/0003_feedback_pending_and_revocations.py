@@ -22,8 +22,11 @@ def upgrade() -> None:
     with op.batch_alter_table("fs_feedback") as batch:
         batch.add_column(sa.Column("pending", sa.Boolean, nullable=False, server_default=sa.false()))
     op.create_index(
+        "ix_fs_feedback_user", "fs_feedback", ["project", "model", "model_version", "user_key", "seq"]
+    )
+    op.create_index(
         "ix_fs_feedback_pending", "fs_feedback", ["project", "model", "model_version", "user_key"],
-        postgresql_where=sa.text("pending"), sqlite_where=sa.text("pending"),
+        postgresql_where=sa.text("pending"), sqlite_where=sa.text("pending = 1"),
     )
     op.create_table(
         "fs_token_revocations",
@@ -38,5 +41,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("fs_token_revocations")
     op.drop_index("ix_fs_feedback_pending", "fs_feedback")
+    op.drop_index("ix_fs_feedback_user", "fs_feedback")
     with op.batch_alter_table("fs_feedback") as batch:
         batch.drop_column("pending")

@@ -83,3 +83,20 @@ def test_concurrent_increments_lose_nothing_processes(
     finally:
         store.delete_namespace("cas")
         store.close()
+
+
+
+@pytest.mark.integration
+def test_the_redis_swap_is_never_resent(tmp_path: Path, unique_project: str, redis_url: str) -> None:
+    """redis-py resends a command after a dropped reply; a resent swap that had succeeded would
+    fail on its own write and the caller would learn its update twice. The swap's client
+    therefore has no retry (the caller sees an error, and the catch-up heals from the log)."""
+    config = OnlineStoreConfig.model_validate({"type": "redis", "url": redis_url})
+    store = open_online_store(config, unique_project, tmp_path)
+    try:
+        assert store.compare_and_swap_blobs("cas", {b"k": (None, b"v")}) == []
+        retry = store._once.connection_pool.connection_kwargs["retry"]  # type: ignore[attr-defined]
+        assert retry._retries == 0
+        assert store._client.connection_pool.connection_kwargs["retry"]._retries > 0  # type: ignore[attr-defined]
+    finally:
+        store.close()

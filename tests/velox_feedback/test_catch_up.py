@@ -104,6 +104,7 @@ def test_an_update_that_landed_before_the_crash_is_not_applied_twice(store: Feat
     service = store.feedback_service
     assert service.submit([_obs(2, 4, 1.0, "a"), _obs(2, 5, 5.0, "b")]).deferred == 0
     applied = state(store, key(2))
+    service.log.flush_marks()  # the marks are queued off the request path
     assert [o.pending for o in _logged(store, 2)] == [False, False]
     _set(store, "b", pending=True)  # the crash came after the swap, before the mark
 
@@ -156,6 +157,7 @@ def test_a_writer_that_swaps_during_the_rebuild_wins_and_nothing_is_applied_twic
     raced = catch_up(store.context, now=_later())
     assert (raced.users, raced.waiting) == (0, 1)  # its swap lost: the user waits
     monkeypatch.undo()
+    service.log.flush_marks()  # the live update's mark
     done = catch_up(store.context, now=_later())
     assert (done.users, done.rows) == (1, 1)
     after = state(store, key(4))
@@ -186,7 +188,7 @@ def test_a_registry_outage_answers_503_before_anything_is_acknowledged(
         raise StoreUnavailableError("cannot write the feedback log", hint="check that the registry database is up")
 
     before = state(store, key(1))
-    monkeypatch.setattr(FeedbackLog, "append", down)
+    monkeypatch.setattr(FeedbackLog, "append_seqs", down)
     client = TestClient(create_app(store))
     r = client.post("/feedback", json={"model": "taste", "user": {"user_id": 1}, "item": {"item_id": 3},
                                        "label": 4.0, "feedback_id": "down-1"})

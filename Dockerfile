@@ -8,5 +8,7 @@ COPY materializers materializers
 COPY online_server online_server
 COPY migrations migrations
 RUN pip install --no-cache-dir .
+# The production profile's setup and serve steps (docker-compose.yml runs /app/deploy/production.sh).
+COPY deploy deploy
 WORKDIR /repo
 ENTRYPOINT ["featurestore"]

@@ -15,7 +15,7 @@ from typing import Sequence
 
 # verb -> (module, one-line help). Every module has add_arguments(parser) and run(args) -> int.
 VERBS: dict[str, tuple[str, str]] = {
-    "init": ("featurestore.cli.init_cmd", "create a small working example repository"),
+    "init": ("featurestore.cli.init_cmd", "create a repository: the working example (default) or a blank one"),
     "validate": ("featurestore.cli.registry_cmd", "check the YAML definitions, listing every problem"),
     "plan": ("featurestore.cli.registry_cmd", "show what `apply` would change in the registry"),
     "apply": ("featurestore.cli.registry_cmd", "write the definitions as a new registry version"),
@@ -32,7 +32,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "models": ("featurestore.cli.models_cmd", "model versions and feedback: list, show, activate, rollback, status, replay, retrain, export-feedback"),
 }
 
-EPILOG = "Run `featurestore VERB --help` for a verb's options. Docs: docs/cli.md"
+EPILOG = "Run `featurestore VERB --help` for a verb's options. Docs: docs/reference/cli.md and README.md"
 
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:

@@ -8,7 +8,10 @@ from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
-    parser.add_argument("--host", default=None, help="address to bind (default: server.host, 127.0.0.1)")
+    parser.add_argument(
+        "--host", default=None,
+        help="address to bind (default: server.host, 127.0.0.1); other than loopback only with server.tokens",
+    )
     parser.add_argument("--port", type=int, default=None, help="port (default: server.port, 8080)")
     parser.add_argument(
         "--workers", type=int, default=None,
@@ -23,22 +26,19 @@ def run(args: argparse.Namespace) -> int:
     from featurestore.store import FeatureStore
 
     store = FeatureStore(args.repo)
-    config = store.config.server
-    host = args.host or config.host
-    if not config.tokens and host not in ("127.0.0.1", "localhost", "::1"):
-        print(
-            f"No tokens are configured (server.tokens), so the server binds to 127.0.0.1 only, "
-            f"not {host}. Create tokens with `featurestore token create` to serve other hosts."
-        )
-        host = "127.0.0.1"
-    elif not config.tokens:
-        print("No tokens are configured: no authentication, bound to 127.0.0.1 only.")
-    port = args.port or config.port
-    workers = args.workers or config.workers
-    # Fail here, with one clear line, rather than in every worker.
-    store.registry.head_version()
-    store.online_store.ping()
-    store.close()
+    try:
+        config = store.config.server
+        host = args.host or config.host
+        if not config.tokens:
+            check_open_host(host)
+            print("No tokens are configured: no authentication, so only this machine can connect.")
+        port = args.port or config.port
+        workers = args.workers or config.workers
+        # Fail here, with one clear line, rather than in every worker.
+        store.registry.head_version()
+        store.online_store.ping()
+    finally:
+        store.close()
     os.environ["FEATURESTORE_REPO"] = str(store.repo_path)
     print(f"Serving project {store.project} on http://{host}:{port} ({workers} worker(s)); API docs at /docs")
     return serve(
@@ -50,6 +50,31 @@ def run(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         access_log=False,
     )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host`` (``localhost``, 127.0.0.0/8, ``::1``)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
+
+
+def check_open_host(host: str) -> None:
+    """Refuse to bind anything but loopback without tokens: every endpoint would be open."""
+    from registry.errors import ConfigError
+
+    if not is_loopback(host):
+        raise ConfigError(
+            f"refusing to serve on {host} without tokens: anyone who can reach it could read "
+            "features, write feedback and change models",
+            hint="create a token with `featurestore token create` and add it to server.tokens "
+            "(or FEATURESTORE__SERVER__TOKENS), or bind 127.0.0.1 (--host, server.host)",
+        )
 
 
 def serve(app: str, **options: Any) -> int:

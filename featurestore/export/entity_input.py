@@ -7,7 +7,8 @@ streaming window, which DuckDB evaluates in scan order) and from the file index 
 for Parquet files, so a parallel scan cannot reorder them.
 
 Timestamps: a column with a time zone is converted to UTC; a naive one is taken to be UTC
-already; a DATE is midnight UTC. Everything is kept at microsecond precision.
+already; a DATE is midnight UTC; any unit (s, ms, us, ns) is accepted. Everything is kept at
+microsecond precision, nanoseconds rounded.
 """
 
 from __future__ import annotations
@@ -39,8 +40,13 @@ _INTEGER_TYPES = frozenset(
         "UHUGEINT",
     }
 )
+# Every entity timestamp type docs/point-in-time.md accepts, as DuckDB names it. Parquet and Arrow
+# `timestamp[ns, tz=...]` (pandas' default resolution) arrive as TIMESTAMPTZ_NS, `timestamp[s]`
+# from Arrow as TIMESTAMP_S, `date32`/`date64` as DATE.
 _NAIVE_TIME_TYPES = frozenset({"TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS", "DATE"})
 _AWARE_TIME_TYPES = frozenset({"TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ"})
+_AWARE_NS_TIME_TYPES = frozenset({"TIMESTAMPTZ_NS", "TIMESTAMP_NS WITH TIME ZONE"})
+_ACCEPTED_TIME_TYPES = "a timestamp of any unit (naive = UTC, or with a time zone) or a date"
 # A declared join key dtype -> the DuckDB types an entity column may have to match it.
 _KEY_TYPES: dict[str, frozenset[str]] = {
     "int32": _INTEGER_TYPES,
@@ -129,16 +135,42 @@ def open_entity_input(con: Any, entity_df: Any) -> EntityInput:
 def timestamp_sql(column: str, duckdb_type: str) -> str:
     """SQL turning the entity timestamp column into a TIMESTAMPTZ (UTC); naive means UTC.
 
+    Nanoseconds are rounded to microseconds, the offline store's precision.
+
     >>> timestamp_sql("ts", "TIMESTAMP_NS")
     'timezone(\\'UTC\\', CAST("ts" AS TIMESTAMP))'
+    >>> timestamp_sql("ts", "TIMESTAMPTZ_NS")
+    'CAST("ts" AS TIMESTAMPTZ)'
     """
     if duckdb_type in _AWARE_TIME_TYPES:
         return quote(column)
+    if duckdb_type in _AWARE_NS_TIME_TYPES:
+        # An instant to an instant: the session's time zone plays no part.
+        return f"CAST({quote(column)} AS TIMESTAMPTZ)"
     if duckdb_type in _NAIVE_TIME_TYPES:
         return f"timezone('UTC', CAST({quote(column)} AS TIMESTAMP))"
     raise UserError(
-        f"the timestamp column {column!r} has type {duckdb_type}; expected a timestamp or a date",
-        hint="convert it first (pandas: pd.to_datetime; SQL: CAST(col AS TIMESTAMP))",
+        f"the timestamp column {column!r} has type {duckdb_type}; expected {_ACCEPTED_TIME_TYPES}",
+        hint=_conversion_hint(column, duckdb_type),
+    )
+
+
+def _conversion_hint(column: str, duckdb_type: str) -> str:
+    """How to turn a column of this type into a timestamp, in pandas and in DuckDB SQL."""
+    col = quote(column)
+    if duckdb_type in _INTEGER_TYPES or duckdb_type in ("FLOAT", "DOUBLE") or duckdb_type.startswith("DECIMAL"):
+        return (
+            f"if these are seconds since the epoch: pandas pd.to_datetime(df[{column!r}], unit='s', utc=True), "
+            f"SQL to_timestamp({col}) (milliseconds: unit='ms', epoch_ms({col}))"
+        )
+    if duckdb_type == "VARCHAR":
+        return (
+            f"parse the text: pandas pd.to_datetime(df[{column!r}], utc=True), "
+            f"SQL CAST({col} AS TIMESTAMPTZ) or strptime({col}, '%Y-%m-%d %H:%M:%S')"
+        )
+    return (
+        "point --timestamp-column (SDK: timestamp_column=) at the column that holds the time, "
+        "or convert this one to a timestamp or a date first"
     )
 
 
@@ -166,12 +198,33 @@ def _in_memory(entity_df: Any) -> Any:
         pd = None
     if pd is not None and isinstance(entity_df, pd.DataFrame):
         # DuckDB scans pandas itself (time zones included); the index is not a column.
-        return entity_df
+        return _round_aware_nanoseconds(entity_df)
     raise UserError(
         f"entity_df is a {type(entity_df).__name__}",
         hint="pass a pandas DataFrame, a pyarrow Table, a Parquet path or glob, "
         "or a SQL query string",
     )
+
+
+def _round_aware_nanoseconds(frame: Any) -> Any:
+    """``frame`` with its time-zone-aware nanosecond columns rounded to microseconds.
+
+    DuckDB's pandas scan reads ``datetime64[ns, tz]`` (pandas' default) as microseconds by
+    truncating, where Parquet, Arrow and naive pandas columns are rounded; rounding here first
+    makes every input give the same instant (pandas rounds an exact half microsecond to even,
+    DuckDB away from zero: only such ties can still differ, by one microsecond)."""
+    import pandas as pd
+
+    aware = [
+        column for column, dtype in frame.dtypes.items()
+        if isinstance(dtype, pd.DatetimeTZDtype) and dtype.unit == "ns"
+    ]
+    if not aware:
+        return frame
+    rounded = frame.copy(deep=False)
+    for column in aware:
+        rounded[column] = frame[column].dt.round("us")
+    return rounded
 
 
 def _parquet_files(path: str) -> list[str]:

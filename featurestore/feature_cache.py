@@ -8,23 +8,33 @@ memory and a prediction then costs one product ``X @ w``, not a store read per i
   (NaN where a value is null) and its event time in preallocated numpy arrays, so the rows of a
   request are found with one C-level pass over its keys and gathered with one fancy index;
 * the misses of a request, over every view, are fetched in **one** ``read_latest`` round trip and
-  decoded together (one ``np.frombuffer`` for views of fixed-width features);
-* entries are dropped when they may be stale: a view's entries when a newer materialization run
-  of it appears in the process's registry snapshot (``registry.watcher``: the watcher polls
-  ``MaterializationLog.latest_run_ids`` off the request path), everything when the registry
-  version changes. Not-found keys are never
-  cached, so a newly materialized item shows up at once. TTLs are checked by the caller on every
-  read against the cached event time, so a cached value expires on time.
+  decoded together (one ``np.frombuffer`` for views of fixed-width features).
 
-Writes that bypass the materialization log (a stream job writing the online store directly) are
-seen after the entry is evicted or the next recorded run; item features are the slowly changing
-kind, so that is the trade-off Velox makes too.
+Entries are dropped when they may be stale (docs/serving.md, "The item feature cache"):
+
+* a view's entries when its **newest event time** in the online store moves, whoever wrote
+  (a materialization, the stream job, a push, any ``write_latest``): ``poll`` reads
+  ``OnlineStore.newest_event_ts`` of the cacheable online views (one MGET on Redis) on the
+  registry watcher's thread, every ``interval`` seconds (1 on a server), never on a request;
+* a view's entries when a newer materialization run of it appears in the registry snapshot
+  (a backfill of older event times does not move the newest time);
+* everything when the registry version changes;
+* one entry when it is older than ``max_age_seconds`` (30 s): the bound for a write that moves
+  no view's newest time (an out-of-order or corrected row with an older event time).
+
+Views the newest time cannot follow are never cached: an aggregated view with a stream source
+is rewritten on every micro-batch with the same event time (the next slide boundary), so its
+rows change while its newest time stands still. Not-found keys are never cached, so a newly
+written item shows up at once. TTLs are checked by the caller on every read against the cached
+event time, so a cached value expires on time.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
+import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -41,10 +51,12 @@ if TYPE_CHECKING:
     from registry.spec import FeatureViewSpec
     from registry.watcher import RegistrySnapshot, RegistryWatcher
 
+logger = logging.getLogger(__name__)
 _NP_ELEMENT = {
     "bool": "?", "int32": "<i4", "int64": "<i8", "float32": "<f4", "float64": "<f8", "timestamp": "<i8",
 }
 _FIRST_CAPACITY = 1024
+_UNSEEN = object()  # a view the poll has not read yet (None is "never written")
 
 
 @dataclass(frozen=True)
@@ -135,11 +147,12 @@ class _Slab:
     used since the hand last passed it).
     """
 
-    __slots__ = ("event_ts", "free", "generation", "hand", "index", "keys", "referenced", "values")
+    __slots__ = ("event_ts", "free", "generation", "hand", "index", "keys", "loaded", "referenced", "values")
 
     def __init__(self, width: int, capacity: int, generation: int) -> None:
         self.values = np.empty((capacity, width))
         self.event_ts = np.zeros(capacity, dtype=np.int64)
+        self.loaded = np.zeros(capacity)  # time.monotonic() of the read that filled the row
         self.referenced = np.zeros(capacity, dtype=bool)
         self.keys: list[bytes | None] = [None] * capacity
         self.index: dict[bytes, int] = {}
@@ -162,9 +175,11 @@ class _Slab:
         values[:old] = self.values
         event_ts = np.zeros(capacity, dtype=np.int64)
         event_ts[:old] = self.event_ts
+        loaded = np.zeros(capacity)
+        loaded[:old] = self.loaded
         referenced = np.zeros(capacity, dtype=bool)
         referenced[:old] = self.referenced
-        self.values, self.event_ts, self.referenced = values, event_ts, referenced
+        self.values, self.event_ts, self.loaded, self.referenced = values, event_ts, loaded, referenced
         self.keys += [None] * (capacity - old)
         self.free = list(range(capacity - 1, old - 1, -1)) + self.free
 
@@ -184,7 +199,7 @@ class _Slab:
 
 
 class FeatureCache:
-    """Decoded feature rows per (view, entity key), bounded, invalidated on new materializations.
+    """Decoded feature rows per (view, entity key), bounded, dropped when they may be stale.
 
     >>> cache = FeatureCache(store.online_store, store.context.watcher)  # doctest: +SKIP
     >>> rows = cache.lookup({"item_embedding": [b"1", b"2"]})["item_embedding"]  # doctest: +SKIP
@@ -192,20 +207,45 @@ class FeatureCache:
     ((2, 8), 0, 2)
     """
 
-    def __init__(self, online_store: OnlineStore, watcher: RegistryWatcher, *, max_entries: int = 100_000) -> None:
+    def __init__(
+        self,
+        online_store: OnlineStore,
+        watcher: RegistryWatcher,
+        *,
+        max_entries: int = 100_000,
+        max_age_seconds: float | None = 30.0,
+    ) -> None:
+        """``max_age_seconds``: an entry read longer ago is read again (None: no bound); it
+        bounds how long a write that moves no view's newest event time can go unseen."""
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
+        if max_age_seconds is not None and max_age_seconds <= 0:
+            raise ValueError("max_age_seconds must be positive (or None for no bound)")
         self.online_store = online_store
         self.watcher = watcher
         self.max_entries = max_entries
+        self.max_age_seconds = max_age_seconds
         self._lock = threading.Lock()
         self._slabs: dict[str, _Slab] = {}
         self._decoders: dict[str, ViewDecoder] = {}
+        self._uncacheable: set[str] = set()
         self._seen: RegistrySnapshot | None = None
         self._generations = itertools.count()
+        # The newest event time of each view at the last poll: the baseline a move is seen against.
+        self._newest: dict[str, int | None] = {}
         self.hits = 0
         self.misses = 0
         self.invalidations = 0
+        self.polls = 0
+        self.poll_failures = 0
+        self.poll_seconds = 0.0  # the time of the last poll
+        # The baseline before any row is cached, so a write between a row's read and the first
+        # tick is seen; if the store is down now, the first good poll drops what was cached.
+        try:
+            self.poll()
+        except Exception as exc:  # noqa: BLE001 - the store may be down now: the watcher's poll retries
+            logger.warning("feature cache: the first poll of the online store failed (retried): %s", exc)
+        watcher.add_poller(self.poll)
 
     # -- public -------------------------------------------------------------------------------
     def decoder(self, view: str) -> ViewDecoder:
@@ -227,7 +267,11 @@ class FeatureCache:
         """The first half of ``lookup``: the cached rows, and the ``(view, key)`` reads still to
         do (``PendingLookup.fetch``). An asyncio caller awaits those reads together with its
         other reads, then calls ``finish`` with the replies."""
-        self._check()
+        snapshot = self._check()
+        if self.watcher.interval <= 0:
+            self._poll(snapshot)  # "always fresh": no thread polls, the caller does
+        now = time.monotonic()
+        oldest = None if self.max_age_seconds is None else now - self.max_age_seconds
         out: dict[str, ViewRows] = {}
         waiting: list[tuple[str, ViewDecoder, ViewRows, np.ndarray, int]] = []
         fetch: list[tuple[str, bytes]] = []
@@ -235,7 +279,7 @@ class FeatureCache:
             for view, keys in requests.items():
                 decoder = self._decoder(view)
                 n = len(keys)
-                if view in uncached:
+                if view in uncached or view in self._uncacheable:
                     rows = ViewRows(np.full((n, decoder.width), np.nan), np.zeros(n, np.int64), np.zeros(n, bool))
                     missing = np.arange(n)
                     generation = -1
@@ -244,6 +288,8 @@ class FeatureCache:
                     # One C-level pass over the keys (map over dict.get), then numpy.
                     positions = np.fromiter(map(slab.index.get, keys, repeat(-1, n)), np.intp, n)
                     found = positions >= 0
+                    if oldest is not None:  # too old counts as a miss: read again, rewritten in place
+                        found &= slab.loaded[positions] >= oldest
                     slab.referenced[positions[found]] = True
                     values = slab.values[positions]
                     event_ts = slab.event_ts[positions]
@@ -258,7 +304,15 @@ class FeatureCache:
                 if len(missing):
                     waiting.append((view, decoder, rows, missing, generation))
                     fetch += [(view, keys[i]) for i in missing.tolist()]
-        return PendingLookup(self, requests, out, waiting, fetch)
+        return PendingLookup(self, requests, out, waiting, fetch, now)
+
+    def poll(self) -> None:
+        """Drop the cached rows of every view whose newest event time in the online store moved
+        since the last poll: one ``newest_event_ts`` read of the cacheable online views. The
+        registry watcher calls it on its thread every ``interval`` seconds; with
+        ``interval <= 0`` each lookup does. Raises what the store raises (the watcher logs it
+        and polls again at the next tick; the rows stay until then)."""
+        self._poll(self.watcher.snapshot)
 
     def invalidate(self, view: str | None = None) -> None:
         """Drop the cached rows of ``view`` (or of every view)."""
@@ -276,19 +330,23 @@ class FeatureCache:
             "hit_rate": self.hits / total if total else 0.0,
             "entries": float(sum(len(s.index) for s in self._slabs.values())),
             "invalidations": float(self.invalidations),
+            "polls": float(self.polls),
+            "poll_failures": float(self.poll_failures),
+            "poll_seconds": self.poll_seconds,
         }
 
     # -- internals ----------------------------------------------------------------------------
-    def _check(self) -> None:
+    def _check(self) -> RegistrySnapshot:
         """Follow the watcher's snapshot: a new registry version drops everything, a newer
         materialization run of a view drops that view. An attribute read when nothing moved."""
         snapshot = self.watcher.snapshot
         seen = self._seen
         if snapshot is seen:
-            return
+            return snapshot
         with self._lock:
             if seen is None or snapshot.version != seen.version:
                 self._decoders.clear()
+                self._uncacheable.clear()
                 for slab in self._slabs.values():
                     slab.clear(next(self._generations))
                 self._slabs.clear()
@@ -299,6 +357,32 @@ class FeatureCache:
                         self._slabs[view].clear(next(self._generations))
                         self.invalidations += 1
             self._seen = snapshot
+        return snapshot
+
+    def _poll(self, snapshot: RegistrySnapshot) -> None:
+        views = [name for name, spec in snapshot.definitions.feature_views.items() if spec.online and not _live(spec)]
+        if not views:
+            return
+        started = time.perf_counter()
+        try:
+            newest = self.online_store.newest_event_ts(views)
+        except Exception:
+            self.poll_failures += 1
+            raise
+        with self._lock:
+            baseline = self._newest
+            for view in views:
+                ts = newest.get(view)
+                # A view read for the first time (a new view, or the first poll failed) has no
+                # baseline: a write may have come between a row's read and now, so drop it too.
+                if baseline.get(view, _UNSEEN) != ts:
+                    baseline[view] = ts
+                    slab = self._slabs.get(view)
+                    if slab is not None:
+                        slab.clear(next(self._generations))
+                        self.invalidations += 1
+        self.polls += 1
+        self.poll_seconds = time.perf_counter() - started
 
     def _finish(self, pending: PendingLookup, results: Sequence[tuple[int, bytes] | None]) -> dict[str, ViewRows]:
         offset = 0
@@ -316,7 +400,7 @@ class FeatureCache:
             rows.found[where] = True
             if generation >= 0:
                 keys = pending.requests[view]
-                self._insert(view, generation, [keys[i] for i in where.tolist()], decoded, stamps)
+                self._insert(view, generation, [keys[i] for i in where.tolist()], decoded, stamps, pending.started)
         return pending.rows
 
     def _decoder(self, view: str) -> ViewDecoder:
@@ -329,6 +413,8 @@ class FeatureCache:
                 )
             decoder = ViewDecoder([f.dtype for f in spec.features], [f.name for f in spec.features])
             self._decoders[view] = decoder
+            if _live(spec):
+                self._uncacheable.add(view)
         return decoder
 
     def _slab(self, view: str, width: int) -> _Slab:
@@ -339,7 +425,7 @@ class FeatureCache:
         return slab
 
     def _insert(
-        self, view: str, generation: int, keys: list[bytes], values: np.ndarray, event_ts: np.ndarray
+        self, view: str, generation: int, keys: list[bytes], values: np.ndarray, event_ts: np.ndarray, loaded: float
     ) -> None:
         if len(keys) > self.max_entries:  # keep the last ones, as an LRU would
             keys, values, event_ts = keys[-self.max_entries :], values[-self.max_entries :], event_ts[-self.max_entries :]
@@ -362,6 +448,7 @@ class FeatureCache:
                 rows[i] = row
             slab.values[rows] = values
             slab.event_ts[rows] = event_ts
+            slab.loaded[rows] = loaded
             # Left unreferenced: a row read once is the first to go, one read again survives.
 
 
@@ -374,7 +461,15 @@ class PendingLookup:
     rows: dict[str, ViewRows]
     waiting: list[tuple[str, ViewDecoder, ViewRows, np.ndarray, int]]
     fetch: list[tuple[str, bytes]]
+    started: float = 0.0  # time.monotonic() before the reads: the age of what they bring
 
     def finish(self, results: Sequence[tuple[int, bytes] | None]) -> dict[str, ViewRows]:
         """The rows of every view, given the replies to ``fetch`` (in its order)."""
         return self.cache._finish(self, results)
+
+
+def _live(spec: FeatureViewSpec) -> bool:
+    """An aggregated view with a stream source: the stream job rewrites its rows with the same
+    event time (the next slide boundary) all through a slide, so its newest time cannot tell a
+    cache that they changed; it is read on every request instead."""
+    return spec.stream_source is not None and any(f.aggregation is not None for f in spec.features)

@@ -16,18 +16,24 @@ same process at once; other processes see it within ``interval``.
 A failed background refresh keeps the last snapshot (serving goes on with what it had; the
 server's ``/health`` reports the registry as down) and is retried at the next tick.
 
+Other shared state that serving follows the same way rides on the same thread: ``add_poller``
+registers a callable run at every tick after the refresh (the feature cache polls the online
+store's newest event time per view with it, so a write by any process drops the cached rows it
+made stale). The watcher knows nothing of what a poller reads.
+
 >>> watcher = RegistryWatcher(registry, model_versions, run_log, interval=1.0)  # doctest: +SKIP
 >>> watcher.snapshot.definitions.feature_views  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -76,6 +82,9 @@ class RegistryWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+        # Copied on write, so the thread iterates a list nobody mutates.
+        self._pollers: list[Callable[[], Callable[[], object] | None]] = []
+        self._failing: set[int] = set()
         _WATCHERS.add(self)
 
     @property
@@ -114,6 +123,24 @@ class RegistryWatcher:
             self._snapshot = new
             return new
 
+    def add_poller(self, poll: Callable[[], object]) -> None:
+        """Also call ``poll()`` on the watching thread at every tick, after the registry refresh
+        (which may have failed: pollers run regardless). A bound method is held weakly, so an
+        object that is dropped stops being polled. A poll that raises is logged (once until it
+        succeeds again) and retried at the next tick. With ``interval <= 0`` there is no thread
+        and pollers are never called: the caller polls in its own thread.
+
+        >>> watcher.add_poller(cache.poll)  # doctest: +SKIP
+        """
+        ref: Callable[[], Callable[[], object] | None]
+        if inspect.ismethod(poll):
+            ref = weakref.WeakMethod(poll)
+        else:
+            ref = lambda: poll  # noqa: E731 - a strong reference with the weak one's interface
+        self._pollers = [*self._pollers, ref]
+        if self.interval > 0 and not self._closed:
+            self._start()
+
     def close(self) -> None:
         """Stop the watching thread for good (the last snapshot stays readable)."""
         self._closed = True
@@ -143,6 +170,33 @@ class RegistryWatcher:
                 self.refresh()
             except Exception as exc:  # noqa: BLE001 - keep the last snapshot; retry next tick
                 logger.warning("registry refresh failed (serving the last snapshot): %s", exc)
+            if self._pollers:
+                self._poll()
+
+    def _poll(self) -> None:
+        dead = False
+        for ref in self._pollers:
+            poll = ref()
+            if poll is None:
+                dead = True
+                continue
+            try:
+                poll()
+            except Exception as exc:  # noqa: BLE001 - a poller's state is its own; retry next tick
+                if id(ref) not in self._failing:
+                    self._failing.add(id(ref))
+                    logger.warning("%s failed (retried every %s s): %s", _name(poll), self.interval, exc)
+            else:
+                if id(ref) in self._failing:
+                    self._failing.discard(id(ref))
+                    logger.info("%s works again", _name(poll))
+        if dead:
+            self._pollers = [ref for ref in self._pollers if ref() is not None]
+            self._failing &= {id(ref) for ref in self._pollers}
+
+
+def _name(poll: Callable[[], object]) -> str:
+    return getattr(poll, "__qualname__", repr(poll))
 
 
 def _after_fork_in_child() -> None:

@@ -6,20 +6,28 @@ references, codecs, which tuple positions to pick) is compiled once per (registr
 feature list) into a ``RetrievalPlan`` and cached; the definitions come from the process's
 registry snapshot (``registry.watcher``), never from a query per request.
 
-Statuses: ``present``; ``not_found`` (no value stored for the entity); ``expired`` (the stored
-value's event time t is not within the view's ttl D of now: t <= now - D, the same boundary as
-the point-in-time export).
+Statuses, per feature and entity row: ``present``; ``not_found`` (no value stored for the
+entity); ``expired`` (the stored value's event time t is not within the view's ttl D of now:
+t <= now - D, the same boundary as the point-in-time export); ``stale_layout`` (the stored value
+was written under an earlier layout of the view that does not hold this feature as now declared:
+it was added or retyped since; the view's next materialization rewrites it). The other features
+of such a value are decoded with the layout it was written under (``featurestore.online.layouts``),
+whose description is read from the registry once per view and registry version, and only when a
+value of another layout is met.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from featurestore.inputs import bad_key_value
 from featurestore.online.codec import ValueCodec, encode_entity_key, encode_int_keys
+from featurestore.online.layouts import Layout, LayoutTranslator
 from registry.definitions import Definitions
 from registry.errors import DataError, InputError, UserError
 
@@ -28,9 +36,14 @@ if TYPE_CHECKING:
     import pyarrow
 
     from featurestore.online.base import OnlineStore
+    from registry.sql_registry import SqlRegistry
     from registry.watcher import RegistryWatcher
 
-PRESENT, NOT_FOUND, EXPIRED = "present", "not_found", "expired"
+PRESENT, NOT_FOUND, EXPIRED, STALE_LAYOUT = "present", "not_found", "expired", "stale_layout"
+#: Seconds before the layout history of a view is asked for again after the registry failed.
+_HISTORY_RETRY_SECONDS = 5.0
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,7 +64,15 @@ class RetrievalPlan:
     join_keys: tuple[str, ...]
 
     @classmethod
-    def compile(cls, defs: Definitions, features: Sequence[str] | str, full_names: bool) -> "RetrievalPlan":
+    def compile(
+        cls,
+        defs: Definitions,
+        features: Sequence[str] | str,
+        full_names: bool,
+        history: Callable[[str], Sequence[Layout] | None] | None = None,
+    ) -> "RetrievalPlan":
+        """``history(view)``: the view's value layouts, newest first, to read values written
+        under an earlier one (without it, their features are all ``stale_layout``)."""
         refs = defs.resolve_features(list(features) if not isinstance(features, str) else features)
         if not refs:
             raise UserError("no features requested", hint="pass feature references or a feature service")
@@ -75,12 +96,15 @@ class RetrievalPlan:
                 )
             declared = [f.name for f in spec.features]
             key_specs = [k for e in spec.entities for k in defs.entities[e].join_keys]
+            codec = ValueCodec([f.dtype for f in spec.features], declared)
+            if history is not None:
+                codec.other_layouts = LayoutTranslator(codec, partial(history, view_name))
             views.append(
                 _ViewPlan(
                     view=view_name,
                     key_names=tuple(k.name for k in key_specs),
                     key_dtypes=tuple(k.dtype for k in key_specs),
-                    codec=ValueCodec([f.dtype for f in spec.features], declared),
+                    codec=codec,
                     picks=tuple(declared.index(w) for w in wanted),
                     columns=tuple(f"{view_name}__{w}" if full_names else w for w in wanted),
                     ttl_us=spec.ttl_seconds * 1_000_000,
@@ -134,24 +158,63 @@ class OnlineResponse:
 
 
 class OnlineReader:
-    """Serves ``get_online_features`` for one online store and registry watcher."""
+    """Serves ``get_online_features`` for one online store and registry watcher.
 
-    def __init__(self, store: "OnlineStore", watcher: "RegistryWatcher", max_plans: int = 256) -> None:
+    ``registry`` is where the layout history of a view is read from when a value written under
+    an earlier layout is met (default: the watcher's registry).
+    """
+
+    def __init__(
+        self,
+        store: "OnlineStore",
+        watcher: "RegistryWatcher",
+        max_plans: int = 256,
+        registry: "SqlRegistry | None" = None,
+    ) -> None:
         self.store = store
         self.watcher = watcher
+        self.registry = registry if registry is not None else getattr(watcher, "_registry", None)
         self._plans: dict[tuple[Any, ...], RetrievalPlan] = {}
         self._max_plans = max_plans
+        self._layouts: dict[tuple[str, int], list[Layout]] = {}
+        self._history_retry_at = float("-inf")
 
     def plan(self, features: Sequence[str] | str, full_names: bool = False) -> RetrievalPlan:
         snapshot = self.watcher.snapshot
         key = (snapshot.version, features if isinstance(features, str) else tuple(features), full_names)
         plan = self._plans.get(key)
         if plan is None:
-            plan = RetrievalPlan.compile(snapshot.definitions, features, full_names)
+            plan = RetrievalPlan.compile(snapshot.definitions, features, full_names, self.layouts)
             if len(self._plans) >= self._max_plans:
                 self._plans.clear()  # plans are cheap to rebuild; a stale version must not pile up
             self._plans[key] = plan
         return plan
+
+    def layouts(self, view: str) -> list[Layout] | None:
+        """The value layouts ``view`` has had, newest first; read from the registry once per view
+        and registry version, and None (try later) while the registry cannot be read."""
+        key = (view, self.watcher.version)
+        found = self._layouts.get(key)
+        if found is not None:
+            return found
+        if self.registry is None:
+            return []
+        if time.monotonic() < self._history_retry_at:
+            return None
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from registry.evolution import value_layouts, view_history
+
+        try:
+            found = list(value_layouts(view_history(self.registry.engine, self.registry.project, view)))
+        except SQLAlchemyError as exc:
+            self._history_retry_at = time.monotonic() + _HISTORY_RETRY_SECONDS
+            logger.warning("layout history of view %r not read (registry: %s); its older values are stale", view, exc)
+            return None
+        if len(self._layouts) >= self._max_plans:
+            self._layouts.clear()
+        self._layouts[key] = found
+        return found
 
     def get_online_features(
         self,
@@ -226,7 +289,8 @@ def _assemble(
         decoded: list[Any] = []
         status: list[str] = []
         times: list[int | None] = []
-        decode, ttl = vp.codec.decode, vp.ttl_us
+        stale: dict[int, frozenset[int]] = {}  # row -> features of an earlier layout
+        decode, ttl = vp.codec.decode_status, vp.ttl_us
         for hit in chunk:
             if hit is None:
                 decoded.append(None)
@@ -239,11 +303,21 @@ def _assemble(
                 decoded.append(None)
                 status.append(EXPIRED)
             else:
-                decoded.append(decode(payload))
+                row, old = decode(payload)
+                if old:
+                    stale[len(decoded)] = old
+                decoded.append(row)
                 status.append(PRESENT)
         for pick, column in zip(vp.picks, vp.columns):
             values[column] = [None if d is None else d[pick] for d in decoded]
-            statuses[column] = status
+            rows = [r for r, old in stale.items() if pick in old]
+            if rows:
+                status_of = list(status)
+                for r in rows:
+                    status_of[r] = STALE_LAYOUT
+                statuses[column] = status_of
+            else:
+                statuses[column] = status
             if stamps is not None:
                 stamps[column] = times
     ordered = {c: values[c] for c in plan.columns}

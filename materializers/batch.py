@@ -10,6 +10,11 @@ against its definition before any pipeline starts. The watermark moves (in the r
 the run's record) only after both stores are written; a crashed run leaves it where it was, and
 the re-run rewrites the same partitions and writes the same newer-only online rows.
 
+A view with a pending backfill (a feature added or retyped since data was written:
+``registry.evolution.pending_backfills``) runs over its whole history, from the earliest data
+written under the earlier definition, also when the run is incremental; the run, recorded under
+the current registry version, is what marks the backfill done.
+
 The default runner is Beam's in-process FnApiRunner. ``DirectRunner`` is mapped to it too:
 Beam's own DirectRunner first tries Prism, which downloads a binary. Any other ``--runner`` and
 option goes to Beam unchanged (docs/materialization.md).
@@ -34,6 +39,7 @@ from featurestore.offline import layout
 from featurestore.sources import EPOCH, Interval, SourceReader, open_source, utc
 from materializers.progress import ProgressDisplay, ViewSummary
 from registry.errors import FeatureStoreError, UserError
+from registry.evolution import PendingBackfill, pending_backfills
 from registry.types import parse_duration
 
 if TYPE_CHECKING:
@@ -113,6 +119,7 @@ class ViewRun:
     batch_rows: int
     days: tuple[str, ...] = ()
     watermark: datetime | None = None
+    backfill: PendingBackfill | None = None
 
     @property
     def staging_root(self) -> Path:
@@ -219,14 +226,26 @@ def plan(
     end_dt = parse_time(end) if end is not None else datetime.now(timezone.utc)
     start_dt = parse_time(start) if start is not None else None
     log = store.materialization_log
+    backfills = pending_backfills(store.registry.engine, store.project, names)
     out: list[ViewRun | ViewSummary] = []
     for name in names:
         schema = ViewSchema.of(definitions, name)
         watermark = log.watermark(name)
+        backfill = backfills.get(name)
         if incremental and watermark is not None:
             begin = max(EPOCH, watermark - lookback)
+            if backfill is not None:
+                begin = min(begin, backfill.start)
+                _LOG.info("feature view %s: backfill from %s (%s)", name, begin, "; ".join(backfill.reasons))
         else:
             begin = start_dt if start_dt is not None else EPOCH
+        if backfill is not None and begin > backfill.start:
+            _LOG.warning(
+                "feature view %s needs a backfill from %s (%s); this run starts later, so it stays "
+                "pending until an incremental run or one without --start", name, backfill.start,
+                "; ".join(backfill.reasons),
+            )
+            backfill = None
         run_id = new_run_id()
         if begin >= end_dt:
             out.append(
@@ -271,6 +290,7 @@ def plan(
                 batch_rows=config.materialization.batch_rows,
                 days=_days_in(existing, interval),
                 watermark=watermark,
+                backfill=backfill,
             )
         )
     return out, version

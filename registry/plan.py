@@ -2,6 +2,16 @@
 
 Breaking means: something that serving code, training code or stored data relies on would stop
 working or change meaning. A breaking change is applied only when asked for explicitly.
+
+A plan also says what the change asks of the data and of its consumers:
+
+* ``backfills``: views whose stored history no longer answers their definition (a feature added,
+  a dtype, aggregation or the entities changed; ``registry.evolution.backfill_reasons``).
+  ``apply`` records them in the version's summary; ``materialize`` (incremental runs included)
+  recomputes the view's whole history while one is pending (``evolution.pending_backfills``).
+* ``losses``: feature services and models that lose a feature, or get it with another dtype,
+  through a change of a view they read (a service naming a whole view, a model reading a
+  service); a model's trained versions cannot be served until it is trained again.
 """
 
 from __future__ import annotations
@@ -10,7 +20,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from registry.definitions import Definitions
+from registry.definitions import Definitions, FeatureRef
+from registry.errors import NotFoundError
+from registry.evolution import backfill_reasons
 
 Action = Literal["added", "changed", "removed"]
 
@@ -34,9 +46,39 @@ class Change:
 
 
 @dataclass(frozen=True)
+class Backfill:
+    """A view whose stored history must be computed again, and why."""
+
+    view: str
+    reasons: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.view}: {'; '.join(self.reasons)}"
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A feature service or model that loses features (``lost``) or gets them with another dtype
+    (``retyped``: ``(ref, old dtype, new dtype)``) through a change of a view it reads."""
+
+    kind: str
+    name: str
+    lost: tuple[str, ...] = ()
+    retyped: tuple[tuple[str, str, str], ...] = ()
+
+    def __str__(self) -> str:
+        parts = [f"loses {', '.join(self.lost)}"] if self.lost else []
+        parts += [f"{ref} becomes {new} (was {old})" for ref, old, new in self.retyped]
+        tail = "; its trained versions cannot serve until it is trained again" if self.kind == "model" else ""
+        return f"{self.kind} {self.name}: {'; '.join(parts)}{tail}"
+
+
+@dataclass(frozen=True)
 class Plan:
     base_version: int
     changes: list[Change] = field(default_factory=list)
+    backfills: list[Backfill] = field(default_factory=list)
+    losses: list[Loss] = field(default_factory=list)
 
     @property
     def breaking(self) -> list[Change]:
@@ -49,12 +91,23 @@ class Plan:
     def summary(self) -> str:
         counts = {a: sum(c.action == a for c in self.changes) for a in ("added", "changed", "removed")}
         text = ", ".join(f"{n} {a}" for a, n in counts.items())
-        return f"{text}; {len(self.breaking)} breaking"
+        text = f"{text}; {len(self.breaking)} breaking"
+        if self.backfills:
+            text += f"; backfill: {', '.join(b.view for b in self.backfills)}"
+        if self.losses:
+            text += f"; features lost by: {', '.join(f'{x.kind} {x.name}' for x in self.losses)}"
+        return text
 
     def render(self) -> str:
         if self.empty:
             return f"No changes: the registry (version {self.base_version}) matches the definitions."
         lines = [str(c) for c in self.changes]
+        if self.backfills:
+            lines.append("Backfill needed (the next `materialize`, incremental or not, recomputes the whole history):")
+            lines += [f"    {b}" for b in self.backfills]
+        if self.losses:
+            lines.append("Feature services and models that lose features:")
+            lines += [f"    {x}" for x in self.losses]
         lines.append(f"Plan against version {self.base_version}: {self.summary()}.")
         return "\n".join(lines)
 
@@ -77,7 +130,45 @@ def diff(old: Definitions, new: Definitions, base_version: int = 0) -> Plan:
         elif old_c[key] != new_c[key]:
             details, breaking = _compare(kind, json.loads(old_c[key]), json.loads(new_c[key]))
             changes.append(Change(kind, name, "changed", breaking, tuple(details)))
-    return Plan(base_version, changes)
+    backfills = [
+        Backfill(c.name, tuple(reasons))
+        for c in changes
+        if c.kind == "feature_view" and c.action == "changed"
+        and (reasons := backfill_reasons(old.feature_views[c.name], new.feature_views[c.name]))
+    ]
+    return Plan(base_version, changes, backfills, _losses(old, new))
+
+
+def _losses(old: Definitions, new: Definitions) -> list[Loss]:
+    """Services and models (present before and after) whose resolved features shrink or change
+    dtype. Changes to their own lists are in ``changes`` already; these come through views."""
+    out: list[Loss] = []
+    consumers = [("feature_service", n) for n in sorted(old.feature_services.keys() & new.feature_services.keys())]
+    consumers += [("model", n) for n in sorted(old.models.keys() & new.models.keys())]
+    for kind, name in consumers:
+        before, after = _consumed(old, kind, name), _consumed(new, kind, name)
+        if before is None or after is None:
+            continue
+        lost = tuple(str(r) for r in before if r not in after)
+        retyped = tuple(
+            (str(r), old.feature(r).dtype, new.feature(r).dtype)
+            for r in before
+            if r in after and old.feature(r).dtype != new.feature(r).dtype
+        )
+        if lost or retyped:
+            out.append(Loss(kind, name, lost, retyped))
+    return out
+
+
+def _consumed(defs: Definitions, kind: str, name: str) -> list[FeatureRef] | None:
+    try:
+        if kind == "feature_service":
+            return defs.resolve_features(name)
+        spec = defs.models[name]
+        items = defs.resolve_features(spec.feature_service or "") if not spec.features else defs.resolve_features(list(spec.features))
+        return items + [r for r in defs.resolve_features(list(spec.user_features)) if r not in items]
+    except NotFoundError:
+        return None  # a dangling reference: validation reports it
 
 
 def _kinds() -> list[tuple[str, str, Any]]:

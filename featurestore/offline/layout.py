@@ -12,6 +12,11 @@ A batch run over [start, end) rewrites every partition it touches: rows of that 
 [start, end) are kept, rows inside are replaced by the run's rows. Each partition file is written
 under a temporary name and renamed over the old one, so a reader never sees half a file and a
 re-run of the same interval gives the same files, whatever a crash left behind.
+
+The kept rows of a partition written under an earlier definition of the view are conformed to
+the run's columns (``conform``): a feature added since is null in them, a removed one is dropped,
+one whose dtype changed is cast (null where a value does not fit). So a run after a schema change
+never fails on old partitions; a backfill (a run over the whole history) fills them in.
 """
 
 from __future__ import annotations
@@ -112,7 +117,7 @@ def _rewrite_partition(
         )
         kept = old.filter(keep)
         if kept.num_rows:
-            parts.append(kept.cast(new_rows.schema) if new_rows.num_columns else kept)
+            parts.append(conform(kept, new_rows.schema) if new_rows.num_columns else kept)
     if new_rows.num_rows:
         parts.append(new_rows)
     if not parts:
@@ -123,6 +128,46 @@ def _rewrite_partition(
     directory.mkdir(parents=True, exist_ok=True)
     write_atomic(merged, target)
     return new_rows.num_rows
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly the columns of ``schema``, matched by name.
+
+    Rows written under an earlier definition of the view meet the current layout here: a column
+    the table lacks (a feature added since) is all null, a column ``schema`` lacks (a feature
+    removed) is dropped, and a column of another type (a changed dtype) is cast, each value that
+    does not fit the new type becoming null rather than failing the run.
+
+    >>> old = pa.table({"k": [1], "a": ["7"], "gone": [0.5]})
+    >>> conform(old, pa.schema([("k", pa.int64()), ("a", pa.int32()), ("new", pa.float64())])).to_pylist()
+    [{'k': 1, 'a': 7, 'new': None}]
+    """
+    if table.schema.equals(schema):
+        return table
+    columns = []
+    for field in schema:
+        index = table.schema.get_field_index(field.name)
+        if index < 0:
+            columns.append(pa.nulls(table.num_rows, field.type))
+            continue
+        column = table.column(index)
+        columns.append(column if column.type == field.type else _cast_or_null(column, field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _cast_or_null(column: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
+    try:
+        return column.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        pass
+    # Rare (kept rows after a dtype change, before the backfill): value by value.
+    values = []
+    for scalar in column:
+        try:
+            values.append(scalar.cast(target).as_py())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            values.append(None)
+    return pa.chunked_array([pa.array(values, target)], target)
 
 
 def write_atomic(table: pa.Table, target: Path) -> None:

@@ -1,9 +1,10 @@
 """Byte encodings of the online store: entity keys and feature values.
 
 Both are data contracts (pinned by golden tests and written down in docs/online-store.md), so
-change them only together with a new format byte. (Why one module of ~530 lines: the two
+change them only together with a new format byte. (Why one module of ~650 lines: the two
 encodings are one contract with one format byte, pinned by one set of golden tests; kept
-together, a format change is one reviewed diff.)
+together, a format change is one reviewed diff. Reading values of an earlier layout of a view,
+which needs the registry's history, lives in ``featurestore.online.layouts``.)
 
 **Entity keys** are readable in ``redis-cli``: each join key value is written as text (integers in
 decimal, strings as UTF-8, bytes as they are), ``\\`` and ``|`` inside strings and bytes are
@@ -13,10 +14,12 @@ escaped with a backslash, and the values of a composite key are joined with ``|`
     (42, 7)          -> b"42|7"
     ("a|b", "c\\\\") -> b"a\\|b|c\\\\\\\\"
 
-**Values** of one feature view row (format 1)::
+**Values** of one feature view row (format 2)::
 
-    byte 0           format byte, 0x01
-    bytes 1..B       null bitmap, B = ceil(features / 8); bit i (byte i // 8, bit i % 8,
+    byte 0           format byte, 0x02
+    bytes 1..4       layout id, uint32: the first 4 bytes of SHA-256 over "name:dtype\\n" per
+                     feature, in order (``layout_id``); another id is another layout of the view
+    bytes 5..4+B     null bitmap, B = ceil(features / 8); bit i (byte i // 8, bit i % 8,
                      least significant first) is set when feature i is null
     fixed section    for each feature, in declaration order, little-endian and unpadded:
                      bool 1 byte, int32 4, int64 8, float32 4, float64 8, timestamp 8 (int64
@@ -26,14 +29,19 @@ escaped with a backslash, and the values of a composite key are joined with ``|`
     tail             the data of the variable-width features in declaration order: UTF-8 for
                      strings, raw bytes, packed elements for T[]
 
+Format 1 (byte 0 is 0x01, no layout id, the null bitmap from byte 1) is what every value was
+before format 2; it is still read, and still written by a positional codec (dtypes, no names).
+
 Decoding is one precompiled ``struct.unpack_from`` plus, for views with vectors, one
 ``operator.itemgetter`` that slices the flat tuple into per-feature values; strings and
 variable vectors are cut from the tail afterwards. Vectors decode to tuples, timestamps to int
-microseconds.
+microseconds. A value of another layout (another id, or format 1 that does not fit) is not an
+error: its features are stale (``ValueCodec.decode_status``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import operator
 import struct
 from collections.abc import Callable, Sequence
@@ -46,7 +54,10 @@ import pyarrow.compute as pc
 from registry.errors import DataError
 from registry.types import JOIN_KEY_DTYPES, parse_dtype
 
-FORMAT_VERSION = 1
+#: The value format a view's codec writes; format 1 (no layout id) is still read.
+FORMAT_VERSION = 2
+LEGACY_FORMAT = 1
+_FRESH: frozenset[int] = frozenset()
 KEY_SEPARATOR = b"|"
 KEY_ESCAPE = b"\\"
 
@@ -261,29 +272,21 @@ class _Field:
             self.code, self.np_dtype, self.arrow = _ELEMENTS[parsed.element]
 
 
-class ValueCodec:
-    """Encodes and decodes the feature values of one feature view (format 1, see module doc).
+class _Body:
+    """The struct of one value layout behind a header of ``prefix`` bytes (format byte, and in
+    format 2 the layout id), and its full (slow-path) decoding."""
 
-    >>> codec = ValueCodec(["float32", "int64", "string"])
-    >>> codec.decode(codec.encode_row([0.5, 3, "ab"]))
-    (0.5, 3, 'ab')
-    """
+    __slots__ = ("fields", "null_bytes", "plain_size", "prefix", "shape", "size", "struct", "variable")
 
-    def __init__(self, dtypes: Sequence[str], names: Sequence[str] | None = None) -> None:
-        if not dtypes:
-            raise DataError("a value codec needs at least one feature")
-        names = list(names) if names is not None else [f"#{i}" for i in range(len(dtypes))]
-        if len(names) != len(dtypes):
-            raise DataError(f"{len(names)} feature names for {len(dtypes)} dtypes")
-        self.dtypes = tuple(dtypes)
-        self._fields = [_Field(n, d) for n, d in zip(names, dtypes)]
-        self._null_bytes = (len(self._fields) + 7) // 8
-        header = f"{1 + self._null_bytes}s"
+    def __init__(self, fields: list[_Field], prefix: int) -> None:
+        self.fields = fields
+        self.prefix = prefix
+        self.null_bytes = (len(fields) + 7) // 8
         codes = []
         # Where each feature sits in the flat unpacked tuple: an index or a slice (vectors).
         picks: list[int | slice] = []
         position = 1
-        for f in self._fields:
+        for f in fields:
             if f.variable:
                 codes.append("I")
                 picks.append(position)
@@ -296,22 +299,12 @@ class ValueCodec:
                 codes.append(f.code)
                 picks.append(position)
                 position += 1
-        self._struct = struct.Struct("<" + header + "".join(codes))
-        self._unpack_from = self._struct.unpack_from
-        self.fixed_size = self._struct.size
-        self._clean_header = bytes([FORMAT_VERSION]) + b"\x00" * self._null_bytes
-        self._shape = self._make_shape(picks, position)
-        self._variable = [(i, f) for i, f in enumerate(self._fields) if f.variable]
-        # The exact size of every payload of a view without variable-width features.
-        self._plain_size = -1 if self._variable else self.fixed_size
-        self._np_dtype = np.dtype(
-            [("header", "u1", (1 + self._null_bytes,))]
-            + [
-                (f"f{i}", "<u4" if f.variable else f.np_dtype, (f.length,) if f.length else ())
-                for i, f in enumerate(self._fields)
-            ]
-        )
-        assert self._np_dtype.itemsize == self.fixed_size
+        self.struct = struct.Struct(f"<{prefix + self.null_bytes}s" + "".join(codes))
+        self.size = self.struct.size
+        self.shape = self._make_shape(picks, position)
+        self.variable = [(i, f) for i, f in enumerate(fields) if f.variable]
+        # The exact size of every payload of a layout without variable-width features.
+        self.plain_size = -1 if self.variable else self.size
 
     @staticmethod
     def _make_shape(picks: list[int | slice], end: int) -> Callable[[tuple], tuple]:
@@ -323,43 +316,19 @@ class ValueCodec:
             return lambda flat: (getter(flat),)
         return getter  # type: ignore[return-value]
 
-    # -- decoding (the serving hot path) --------------------------------------------------------
-    def decode(self, payload: bytes) -> tuple[Any, ...]:
-        """The feature values of one stored payload, in declaration order.
-
-        >>> codec = ValueCodec(["int32", "float32[2]"])
-        >>> codec.decode(bytes.fromhex("0100070000000000803f00000040"))
-        (7, (1.0, 2.0))
-        """
+    def decode(self, payload: bytes, corrupt: Callable[[bytes], DataError]) -> tuple[Any, ...]:
+        """Every feature of ``payload`` (the header's format and id already checked)."""
         try:
-            flat = self._unpack_from(payload)
+            flat = self.struct.unpack_from(payload)
         except struct.error:
-            raise self._corrupt(payload) from None
-        # One comparison covers format, "no nulls" and "no variable-width tail"; the length
-        # check catches payloads written for another layout (a feature added or dropped).
-        if flat[0] == self._clean_header and len(payload) == self._plain_size:
-            return self._shape(flat)
-        return self._decode_slow(payload, flat)
-
-    def decode_many(self, payloads: Sequence[bytes | None]) -> list[tuple[Any, ...] | None]:
-        """``decode`` over many payloads; ``None`` (a missing key) stays ``None``."""
-        decode = self.decode
-        return [None if p is None else decode(p) for p in payloads]
-
-    def _decode_slow(self, payload: bytes, flat: tuple) -> tuple[Any, ...]:
-        header = flat[0]
-        if header[0] != FORMAT_VERSION:
-            raise DataError(
-                f"online value has format {header[0]}, this version reads format {FORMAT_VERSION}",
-                hint="upgrade featurestore, or re-materialize the view with this version",
-            )
-        out = list(self._shape(flat))
-        offset = self.fixed_size
-        for i, f in self._variable:
+            raise corrupt(payload) from None
+        out = list(self.shape(flat))
+        offset = self.size
+        for i, f in self.variable:
             size = out[i]
             end = offset + size
             if end > len(payload) or (f.length == 0 and size % struct.calcsize(f.code)):
-                raise self._corrupt(payload)
+                raise corrupt(payload)
             if f.element == "string":
                 out[i] = payload[offset:end].decode("utf-8")
             elif f.element == "bytes":
@@ -370,19 +339,173 @@ class ValueCodec:
                 )
             offset = end
         if offset != len(payload):
-            raise self._corrupt(payload)
-        nulls = int.from_bytes(header[1:], "little")
+            raise corrupt(payload)
+        nulls = int.from_bytes(flat[0][self.prefix :], "little")
         if nulls:
             for i in range(len(out)):
                 if nulls >> i & 1:
                     out[i] = None
         return tuple(out)
 
+
+def layout_id(names: Sequence[str], dtypes: Sequence[str]) -> int:
+    """The 32-bit id of a view's value layout: its features' names and dtypes, in order.
+
+    The first four bytes, little-endian, of SHA-256 over ``name:dtype\\n`` per feature. Format 2
+    payloads carry it, so a reader can tell a value written under another layout of the view.
+
+    >>> hex(layout_id(["ctr", "clicks"], ["float32", "int64"]))
+    '0x87222d85'
+    """
+    text = "".join(f"{n}:{d}\n" for n, d in zip(names, dtypes))
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "little")
+
+
+class ValueCodec:
+    """Encodes and decodes the feature values of one feature view (formats 1 and 2, see module
+    doc).
+
+    With ``names``, the codec is a view's: it writes format 2 (stamped with ``layout_id``) and
+    reads values of its own layout, telling apart those written under another one: their
+    features are returned as None and reported by ``decode_status`` (``other_layouts``, when
+    given, recovers what is still valid; ``featurestore.online.layouts``). Without ``names`` it
+    is positional (tests, benchmarks): it writes format 1 and reads either format by position.
+
+    >>> codec = ValueCodec(["float32", "int64", "string"])
+    >>> codec.decode(codec.encode_row([0.5, 3, "ab"]))
+    (0.5, 3, 'ab')
+    """
+
+    def __init__(
+        self,
+        dtypes: Sequence[str],
+        names: Sequence[str] | None = None,
+        *,
+        other_layouts: Callable[[bytes], tuple[tuple[Any, ...], frozenset[int]]] | None = None,
+    ) -> None:
+        if not dtypes:
+            raise DataError("a value codec needs at least one feature")
+        positional = names is None
+        names = [f"#{i}" for i in range(len(dtypes))] if names is None else list(names)
+        if len(names) != len(dtypes):
+            raise DataError(f"{len(names)} feature names for {len(dtypes)} dtypes")
+        self.dtypes = tuple(dtypes)
+        self.names: tuple[str, ...] | None = None if positional else tuple(names)
+        self._fields = [_Field(n, d) for n, d in zip(names, dtypes)]
+        self._null_bytes = (len(self._fields) + 7) // 8
+        if positional:
+            self.format, self.layout_id = LEGACY_FORMAT, None
+            self._prefix = bytes([LEGACY_FORMAT])
+        else:
+            self.format, self.layout_id = FORMAT_VERSION, layout_id(names, dtypes)
+            self._prefix = bytes([FORMAT_VERSION]) + self.layout_id.to_bytes(4, "little")
+        self.other_layouts = other_layouts
+        self._body = _Body(self._fields, len(self._prefix))
+        self._bodies = {self.format: self._body}
+        self._unpack_from = self._body.struct.unpack_from
+        self.fixed_size = self._body.size
+        #: What every payload this codec writes starts with: the format byte and, in format 2,
+        #: the layout id (a vectorised reader compares it, then reads the null bitmap after it).
+        self.prefix = self._prefix
+        #: Bytes before the fixed section: the prefix and the null bitmap.
+        self.header_size = len(self._prefix) + self._null_bytes
+        self._clean_header = self._prefix + b"\x00" * self._null_bytes
+        self._shape = self._body.shape
+        self._plain_size = self._body.plain_size
+        self._all_stale = frozenset(range(len(self._fields)))
+        self._nothing = (None,) * len(self._fields)
+        self._np_dtype = np.dtype(
+            [("header", "u1", (self.header_size,))]
+            + [
+                (f"f{i}", "<u4" if f.variable else f.np_dtype, (f.length,) if f.length else ())
+                for i, f in enumerate(self._fields)
+            ]
+        )
+        assert self._np_dtype.itemsize == self.fixed_size
+
+    # -- decoding (the serving hot path) --------------------------------------------------------
+    def decode(self, payload: bytes) -> tuple[Any, ...]:
+        """The feature values of one stored payload, in declaration order; None for a feature
+        a value of another layout does not hold (see ``decode_status``).
+
+        >>> codec = ValueCodec(["int32", "float32[2]"])
+        >>> codec.decode(bytes.fromhex("0100070000000000803f00000040"))
+        (7, (1.0, 2.0))
+        """
+        try:
+            flat = self._unpack_from(payload)
+        except struct.error:
+            return self._decode_slow(payload)[0]
+        # One comparison covers format, layout id, "no nulls" and "no variable-width tail".
+        if flat[0] == self._clean_header and len(payload) == self._plain_size:
+            return self._shape(flat)
+        return self._decode_slow(payload)[0]
+
+    def decode_status(self, payload: bytes) -> tuple[tuple[Any, ...], frozenset[int]]:
+        """``(values, stale)``: ``stale`` holds the positions of the features the payload cannot
+        answer because it was written under another layout of the view (a feature added since,
+        or whose dtype changed); empty for a payload of this layout.
+
+        >>> old = ValueCodec(["int64"], ["a"]).encode_row([7])
+        >>> ValueCodec(["int64", "float64"], ["a", "b"]).decode_status(old)
+        ((None, None), frozenset({0, 1}))
+        """
+        try:
+            flat = self._unpack_from(payload)
+        except struct.error:
+            return self._decode_slow(payload)
+        if flat[0] == self._clean_header and len(payload) == self._plain_size:
+            return self._shape(flat), _FRESH
+        return self._decode_slow(payload)
+
+    def decode_many(self, payloads: Sequence[bytes | None]) -> list[tuple[Any, ...] | None]:
+        """``decode`` over many payloads; ``None`` (a missing key) stays ``None``."""
+        decode = self.decode
+        return [None if p is None else decode(p) for p in payloads]
+
+    def decode_positional(self, payload: bytes) -> tuple[Any, ...]:
+        """``payload`` read by position with this codec's dtypes, whatever layout id it carries
+        (format 1 has none); DataError when it does not fit them."""
+        fmt = payload[0] if payload else -1
+        body = self._bodies.get(fmt)
+        if body is None:
+            if fmt not in (LEGACY_FORMAT, FORMAT_VERSION):
+                raise self._unknown_format(fmt)
+            body = self._bodies[fmt] = _Body(self._fields, 1 if fmt == LEGACY_FORMAT else 5)
+        return body.decode(payload, self._corrupt)
+
+    def _decode_slow(self, payload: bytes) -> tuple[tuple[Any, ...], frozenset[int]]:
+        if len(payload) < 2 or (payload[0] == FORMAT_VERSION and len(payload) < 5):
+            raise self._corrupt(payload)
+        fmt = payload[0]
+        if self.names is None or (fmt == FORMAT_VERSION and payload[:5] == self._prefix):
+            # A positional codec reads any format by position; a view's codec its own layout.
+            return self.decode_positional(payload), _FRESH
+        if fmt not in (LEGACY_FORMAT, FORMAT_VERSION):
+            raise self._unknown_format(fmt)
+        if self.other_layouts is not None:
+            return self.other_layouts(payload)
+        if fmt == LEGACY_FORMAT:
+            # Format 1 has no layout id: a value that fits this layout is taken to be of it
+            # (what format 1 readers always did); one that does not is of another layout.
+            try:
+                return self.decode_positional(payload), _FRESH
+            except DataError:
+                pass
+        return self._nothing, self._all_stale
+
+    def _unknown_format(self, fmt: int) -> DataError:
+        return DataError(
+            f"online value has format {fmt}, this version reads formats "
+            f"{LEGACY_FORMAT} and {FORMAT_VERSION}",
+            hint="upgrade featurestore, or re-materialize the view with this version",
+        )
+
     def _corrupt(self, payload: bytes) -> DataError:
         return DataError(
             f"online value of {len(payload)} bytes does not match the view's layout "
             f"({', '.join(self.dtypes)})",
-            hint="the view's features changed since it was materialized; materialize it again",
+            hint="the stored value is damaged or not a feature value; materialize the view again",
         )
 
     # -- encoding --------------------------------------------------------------------------------
@@ -422,9 +545,9 @@ class ValueCodec:
                 flat.extend(value)
             else:
                 flat.append(value)
-        header = bytes([FORMAT_VERSION]) + nulls.to_bytes(self._null_bytes, "little")
+        header = self._prefix + nulls.to_bytes(self._null_bytes, "little")
         try:
-            fixed = self._struct.pack(header, *flat)
+            fixed = self._body.struct.pack(header, *flat)
         except struct.error as exc:
             raise DataError(f"a value does not fit the view's dtypes: {exc}") from None
         return fixed + b"".join(tail) if tail else fixed
@@ -469,8 +592,9 @@ class ValueCodec:
                     hint="cast the source column or fix the feature's dtype",
                 ) from None
         header = table["header"]
-        header[:, 0] = FORMAT_VERSION
-        header[:, 1:] = np.packbits(nulls, axis=1, bitorder="little")
+        prefix = len(self._prefix)
+        header[:, :prefix] = np.frombuffer(self._prefix, np.uint8)
+        header[:, prefix:] = np.packbits(nulls, axis=1, bitorder="little")
         # A void view turns each record into one bytes object in C, without a Python slice loop.
         fixed = table.view(f"V{self.fixed_size}").tolist()
         if not tails:

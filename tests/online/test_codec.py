@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from featurestore.online.codec import (
     ValueCodec,
+    layout_id,
     decode_entity_key,
     encode_entity_key,
     encode_entity_keys,
@@ -231,21 +232,28 @@ def test_timestamp_columns_are_stored_as_microseconds() -> None:
         assert codec.decode(codec.encode_rows([column])[0]) == (expected,)
 
 
+GOLDEN_DTYPES = ["float32", "int64", "string", "float32[2]", "bool"]
+GOLDEN_NAMES = ["ctr", "clicks", "country", "emb", "active"]
+GOLDEN_BODY = (
+    "10"  # null bitmap: feature 4 (active) is null
+    "0000003f"  # ctr = 0.5
+    "0300000000000000"  # clicks = 3
+    "02000000"  # country: 2 bytes in the tail
+    "0000803f000000c0"  # emb = [1.0, -2.0]
+    "00"  # active: null, zero-filled
+    "6672"  # tail: "fr"
+)
+
+
 def test_golden_payload_bytes() -> None:
-    """The bytes of one row, pinned; docs/online-store.md walks through the same example."""
-    codec = ValueCodec(
-        ["float32", "int64", "string", "float32[2]", "bool"],
-        ["ctr", "clicks", "country", "emb", "active"],
-    )
+    """The bytes of one row in format 2, pinned; docs/online-store.md walks through the same
+    example."""
+    codec = ValueCodec(GOLDEN_DTYPES, GOLDEN_NAMES)
+    assert codec.layout_id == layout_id(GOLDEN_NAMES, GOLDEN_DTYPES) == 0x0A3D3BCF
     golden = bytes.fromhex(
-        "01"  # format 1
-        "10"  # null bitmap: feature 4 (active) is null
-        "0000003f"  # ctr = 0.5
-        "0300000000000000"  # clicks = 3
-        "02000000"  # country: 2 bytes in the tail
-        "0000803f000000c0"  # emb = [1.0, -2.0]
-        "00"  # active: null, zero-filled
-        "6672"  # tail: "fr"
+        "02"  # format 2
+        "cf3b3d0a"  # layout id 0x0a3d3bcf, uint32 little-endian
+        + GOLDEN_BODY
     )
     columns = [
         pa.array([0.5], pa.float32()),
@@ -257,6 +265,30 @@ def test_golden_payload_bytes() -> None:
     assert codec.encode_rows(columns) == [golden]
     assert codec.encode_row([0.5, 3, "fr", [1.0, -2.0], None]) == golden
     assert codec.decode(golden) == (0.5, 3, "fr", (1.0, -2.0), None)
+    assert codec.decode_status(golden) == ((0.5, 3, "fr", (1.0, -2.0), None), frozenset())
+
+
+def test_format_1_payloads_are_still_read() -> None:
+    """Values materialized before format 2 (no layout id) decode by position, as they always
+    did; a positional codec (no names) still writes them."""
+    legacy = bytes.fromhex("01" + GOLDEN_BODY)
+    assert ValueCodec(GOLDEN_DTYPES).encode_row([0.5, 3, "fr", [1.0, -2.0], None]) == legacy
+    for codec in (ValueCodec(GOLDEN_DTYPES), ValueCodec(GOLDEN_DTYPES, GOLDEN_NAMES)):
+        assert codec.decode(legacy) == (0.5, 3, "fr", (1.0, -2.0), None)
+    # One that does not fit the view's layout is of an earlier layout: stale, not an error.
+    wider = ValueCodec([*GOLDEN_DTYPES, "int64"], [*GOLDEN_NAMES, "n"])
+    assert wider.decode_status(legacy) == ((None,) * 6, frozenset(range(6)))
+
+
+def test_values_of_another_layout_are_stale_not_errors() -> None:
+    old = ValueCodec(["int64", "float64"], ["a", "b"])
+    new = ValueCodec(["int64", "int64"], ["a", "b"])  # b's dtype changed: same size, other id
+    payload = old.encode_row([1, 2.5])
+    assert len(payload) == new.fixed_size and new.layout_id != old.layout_id
+    assert new.decode(payload) == (None, None)
+    assert new.decode_status(payload) == ((None, None), frozenset({0, 1}))
+    # A positional codec ignores the id: it reads by position (what format 1 always meant).
+    assert ValueCodec(["int64", "float64"]).decode(payload) == (1, 2.5)
 
 
 def test_chunked_columns_and_empty_input() -> None:
@@ -294,8 +326,14 @@ def test_bad_payloads_are_data_errors() -> None:
     fixed = ValueCodec(["int64"])
     with pytest.raises(DataError, match="does not match the view's layout"):
         fixed.decode(ValueCodec(["int64", "int64"]).encode_row([1, 2]))  # a feature was dropped
-    with pytest.raises(DataError, match="format 2"):
-        codec.decode(b"\x02" + payload[1:])
+    with pytest.raises(DataError, match="format 3"):
+        codec.decode(b"\x03" + payload[1:])
+    named = ValueCodec(["int64", "string"], ["n", "s"])
+    own = named.encode_row([1, "abc"])
+    with pytest.raises(DataError, match="does not match the view's layout"):
+        named.decode(own[:-1])  # its own layout id, damaged: an error, never "stale"
+    with pytest.raises(DataError, match="format 3"):
+        named.decode(b"\x03" + own[1:])
     with pytest.raises(DataError, match="expected 2 values"):
         codec.encode_row([1])
     with pytest.raises(DataError, match="does not fit"):

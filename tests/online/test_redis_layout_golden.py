@@ -23,7 +23,8 @@ GOLDEN_KEY_TAIL = b":driver_stats:1001|a\\|b"
 GOLDEN_VALUE = bytes.fromhex(
     "00401e18240a0600"  # event_ts_us, int64 little-endian
     "01401e18240a0600"  # created_ts_us
-    "01"  # format 1
+    "02"  # format 2
+    "cf3b3d0a"  # layout id of (ctr float32, clicks int64, country string, emb float32[2], active bool)
     "10"  # null bitmap: feature 4 (active) is null
     "0000003f"  # ctr = 0.5 (float32)
     "0300000000000000"  # clicks = 3 (int64)

@@ -139,7 +139,7 @@ class FeatureStore:
     def online_reader(self) -> "OnlineReader":
         from featurestore.retrieval import OnlineReader
 
-        return OnlineReader(self.online_store, self.watcher)
+        return OnlineReader(self.online_store, self.watcher, registry=self.registry)
 
     def get_online_features(
         self,

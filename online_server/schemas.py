@@ -31,7 +31,10 @@ class FeaturesRequest(_Body):
 
 class FeatureColumn(_Body):
     values: list[Any]
-    statuses: list[str] = Field(description="present, not_found or expired, per entity row.")
+    statuses: list[str] = Field(
+        description="present, not_found, expired, or stale_layout (written under an earlier definition of "
+        "the view and not valid under this one until the backfill: docs/registry.md), per entity row."
+    )
     event_timestamps: list[int | None] | None = None
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from featurestore.store import FeatureStore
 from online_server import metrics as m
-from online_server.http import ERRORS
+from online_server.http import ERRORS, json_body, parse_body
 
 
 class _Body(BaseModel):
@@ -46,13 +46,24 @@ def router(store: FeatureStore, registry: m.Registry) -> APIRouter:
 
     routes = APIRouter()
 
-    @routes.post("/models/{model}/activate", response_model=ActiveVersionResponse, responses=ERRORS, tags=["admin"])
-    def activate(model: str, body: ActivateRequest) -> Any:
+    @routes.post(
+        "/models/{model}/activate", response_model=ActiveVersionResponse, responses=ERRORS, tags=["admin"],
+        openapi_extra=json_body(ActivateRequest),
+    )
+    async def activate(model: str, request: Request) -> Any:
         """Serve ``version`` of the model (reloading its state from its artifact if needed)."""
+        from starlette.concurrency import run_in_threadpool
+
+        # Parsed like every other body (parse_body): a body that is not JSON is a 422 naming
+        # `(body)`, not FastAPI's 400 or a field named after a character position.
+        body = await parse_body(request, ActivateRequest)
+        return await run_in_threadpool(_activate, model, body.version)
+
+    def _activate(model: str, version: int) -> Any:
         before = previous(model)
-        store.activate_model(model, body.version)
+        store.activate_model(model, version)
         changes.inc(model, "activate")
-        return JSONResponse({"model": model, "version": body.version, "previous": before})
+        return JSONResponse({"model": model, "version": version, "previous": before})
 
     @routes.post("/models/{model}/rollback", response_model=ActiveVersionResponse, responses=ERRORS, tags=["admin"])
     def rollback(model: str) -> Any:

@@ -419,9 +419,10 @@ class FeedbackService:
             for k in np.flatnonzero(~finite).tolist():
                 j = int(sel[k])
                 keep[j] = False
-                rejected.append(Rejection(group.index[j], "item", "cannot be learned: with these feature values "
+                field, what = _blame(layout, X[k])
+                rejected.append(Rejection(group.index[j], field, "cannot be learned: with these feature values "
                                           "the prediction or its update is not a finite number",
-                                          "check the item's and the user's feature values for huge numbers"))
+                                          f"check {what} for huge numbers"))
             return self._stage(group, X_all, keep, rejected) if keep.any() else None
         if layout.objective == "logistic":
             personal, average = sigmoid(personal), sigmoid(average)
@@ -537,6 +538,20 @@ def learn_encode(
     if len(y) != 1:
         return codec.encode(batch.learn(rows, X, y, objective))
     return [codec.encode_one(learn_one(batch.first(), X[0], float(y[0]), objective))]
+
+
+def _blame(layout: Any, x: np.ndarray) -> tuple[str, str]:
+    """The field to name for an observation whose x overflows: its largest coordinate's source
+    (a request feature by name, else the item's or the user's features)."""
+    with np.errstate(invalid="ignore"):
+        i = int(np.nanargmax(np.abs(x))) if np.isfinite(x).any() or np.isinf(x).any() else 0
+    item, user = layout.item_width, layout.item_width + layout.user_width
+    if user <= i < user + len(layout.request):
+        name = layout.request[i - user]
+        return f"request_features.{name}", f"request feature {name!r}"
+    if item <= i < user:
+        return "user", "the user's feature values"
+    return "item", "the item's feature values"
 
 
 def _distinct(keys: list[bytes]) -> tuple[list[bytes], np.ndarray]:

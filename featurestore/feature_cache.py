@@ -8,7 +8,12 @@ memory and a prediction then costs one product ``X @ w``, not a store read per i
   (NaN where a value is null) and its event time in preallocated numpy arrays, so the rows of a
   request are found with one C-level pass over its keys and gathered with one fancy index;
 * the misses of a request, over every view, are fetched in **one** ``read_latest`` round trip and
-  decoded together (one ``np.frombuffer`` for views of fixed-width features).
+  decoded together (one ``np.frombuffer`` for the values of a view's own layout when its
+  features are all fixed-width);
+* a value written under an earlier layout of the view (docs/online-store.md, "Values of an
+  earlier layout") keeps the features that are still the same, read with the layout it was
+  written under from the view's history in the registry; a feature added or retyped since is
+  NaN, as a null is, so its item is not scored until the backfill rewrites it.
 
 Entries are dropped when they may be stale (docs/serving.md, "The item feature cache"):
 
@@ -35,14 +40,17 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import repeat
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from featurestore.online.codec import FORMAT_VERSION, ValueCodec
+from featurestore.online.codec import ValueCodec
+from featurestore.online.layouts import Layout, LayoutTranslator
+from featurestore.retrieval import OnlineReader
 from registry.errors import NotFoundError
 from registry.types import NUMERIC_DTYPES, parse_dtype
 
@@ -72,21 +80,41 @@ class ViewDecoder:
     """Decodes many online payloads of one view into float64 rows of its numeric features.
 
     ``columns[feature]`` is the slice of a row holding that feature (vectors take several
-    columns); strings, bytes and variable-length vectors are left out. Views whose features are
-    all fixed-width decode with one ``np.frombuffer`` over a structured dtype that mirrors the
-    value layout of docs/online-store.md; others go through ``ValueCodec.decode`` row by row.
+    columns); strings, bytes, timestamps and variable-length vectors are left out.
+
+    Payloads of the view's own layout (format 2 and its layout id, ``codec.prefix``) in a view
+    whose features are all fixed-width decode together: one ``np.frombuffer`` over a structured
+    dtype that mirrors the value layout of docs/online-store.md, the prefix compared for every
+    row at once, the null bitmap read after it. Every other payload of the batch (format 1, an
+    earlier layout of the view, a view with strings) goes through the codec row by row; with
+    ``history`` (the view's value layouts, newest first, as ``OnlineReader.layouts`` gives them)
+    a value of an earlier layout keeps the features that are still the same (name and dtype) and
+    the others are NaN, as a null is (``featurestore.online.layouts``).
 
     >>> from featurestore.online.codec import ValueCodec
-    >>> dec = ViewDecoder(["float32[2]", "int64"], ["vec", "n"])
-    >>> dec.decode([ValueCodec(["float32[2]", "int64"]).encode_row([[1.0, 2.0], 3])]).tolist()
+    >>> codec = ValueCodec(["float32[2]", "int64"], ["vec", "n"])
+    >>> ViewDecoder(codec.dtypes, codec.names).decode([codec.encode_row([[1.0, 2.0], 3])]).tolist()
     [[1.0, 2.0, 3.0]]
     """
 
-    def __init__(self, dtypes: Sequence[str], names: Sequence[str]) -> None:
+    def __init__(
+        self,
+        dtypes: Sequence[str],
+        names: Sequence[str],
+        history: Callable[[], Sequence[Layout] | None] | None = None,
+    ) -> None:
         self.codec = ValueCodec(dtypes, names)
+        # How often the history could not be read. The translator asks again at the next value,
+        # so a batch during which this moved may hold rows decoded without it: those are not
+        # kept (a failure in another thread's batch only makes this one more careful).
+        self._history_failures = 0
+        if history is not None:
+            self.codec.other_layouts = LayoutTranslator(self.codec, partial(self._history, history))
         self.columns: dict[str, slice] = {}
         self._numeric: list[tuple[int, slice]] = []
-        fields: list[tuple] = [("header", "u1", (1 + (len(dtypes) + 7) // 8,))]
+        self._sizes: list[tuple[int, int | None]] = []  # (feature, vector length or None)
+        self._prefix = self.codec.prefix
+        fields: list[tuple] = [("header", "u1", (self.codec.header_size,))]
         fixed = True
         width = 0
         for i, (name, dtype) in enumerate(zip(names, dtypes)):
@@ -101,41 +129,106 @@ class ViewDecoder:
                 n = parsed.length or 1
                 self.columns[name] = slice(width, width + n)
                 self._numeric.append((i, slice(width, width + n)))
+                self._sizes.append((i, parsed.length))
                 width += n
         self.width = width
-        self._features = len(dtypes)
+        # The feature each column of a row comes from: a row's null bits spread over its columns.
+        self._feature_of_column = np.array(
+            [i for i, cols in self._numeric for _ in range(cols.start, cols.stop)], np.intp
+        )
         self._np_dtype = np.dtype(fields) if fixed else None
         if self._np_dtype is not None and self._np_dtype.itemsize != self.codec.fixed_size:
             self._np_dtype = None  # never expected; the row-by-row path stays correct
 
     def decode(self, payloads: Sequence[bytes]) -> np.ndarray:
+        """``(len(payloads), width)`` float64 rows, NaN where a feature is null or stale."""
+        return self.decode_keep(payloads)[0]
+
+    def decode_keep(self, payloads: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray | None]:
+        """``decode``, and which rows may be cached: None for all of them, else a mask that is
+        False for a value of another layout decoded while the view's history could not be read
+        (all stale, or read by position alone; the next read may do better)."""
         n = len(payloads)
         dt = self._np_dtype
-        if dt is not None and n:
-            size = dt.itemsize
-            if all(len(p) == size for p in payloads):
-                arr = np.frombuffer(b"".join(payloads), dtype=dt)
-                header = arr["header"]
-                if (header[:, 0] == FORMAT_VERSION).all():
-                    out = np.empty((n, self.width))
-                    for i, cols in self._numeric:
-                        out[:, cols] = arr[f"f{i}"].reshape(n, -1)
-                    if header[:, 1:].any():
-                        nulls = np.unpackbits(header[:, 1:], axis=1, bitorder="little")
-                        for i, cols in self._numeric:
-                            out[nulls[:, i].astype(bool), cols] = np.nan
-                    return out
-        return self._decode_rows(payloads)
+        failures = self._history_failures
+        if dt is None or not n:
+            return self._decode_rows(payloads), self._kept(payloads, failures)
+        lengths = np.fromiter(map(len, payloads), np.intp, n)
+        sized = lengths == dt.itemsize
+        fast_at: np.ndarray | None = None  # the rows the vectorised path takes (None: all)
+        if sized.all():
+            blob = b"".join(payloads)
+        else:
+            fast_at = np.flatnonzero(sized)
+            blob = b"".join([payloads[i] for i in fast_at.tolist()])
+        arr = np.frombuffer(blob, dtype=dt)
+        header = arr["header"]
+        # Format byte and layout id (``codec.prefix``): a value of any other layout is left to the
+        # codec. Byte by byte, as one (n, 5) comparison and ``all(axis=1)`` take 6 times longer.
+        ours = header[:, 0] == self._prefix[0]
+        for j in range(1, len(self._prefix)):
+            ours &= header[:, j] == self._prefix[j]
+        if not ours.all():
+            arr = arr[ours]
+            fast_at = np.flatnonzero(ours) if fast_at is None else fast_at[ours]
+        out = np.empty((n, self.width))
+        if fast_at is None:  # the common case: every value is of this layout
+            self._fill(arr, out)
+            return out, None
+        fast = np.empty((len(fast_at), self.width))
+        self._fill(arr, fast)
+        out[fast_at] = fast
+        rest = np.ones(n, dtype=bool)
+        rest[fast_at] = False
+        slow_at = np.flatnonzero(rest)
+        slow = [payloads[i] for i in slow_at.tolist()]
+        out[slow_at] = self._decode_rows(slow)
+        keep = self._kept(slow, failures)
+        if keep is None:
+            return out, None
+        kept = np.ones(n, dtype=bool)
+        kept[slow_at] = keep
+        return out, kept
+
+    def _fill(self, arr: np.ndarray, out: np.ndarray) -> None:
+        """The numeric columns of records of this layout into ``out``, NaN where null."""
+        n = len(arr)
+        for i, cols in self._numeric:
+            out[:, cols] = arr[f"f{i}"].reshape(n, cols.stop - cols.start)
+        bitmap = arr["header"][:, len(self._prefix) :]
+        if bitmap.any():
+            nulls = np.unpackbits(bitmap, axis=1, bitorder="little").view(bool)
+            np.putmask(out, nulls[:, self._feature_of_column], np.nan)
 
     def _decode_rows(self, payloads: Sequence[bytes]) -> np.ndarray:
-        out = np.empty((len(payloads), self.width))
-        decode = self.codec.decode  # raises DataError on a payload of another layout
-        for r, payload in enumerate(payloads):
+        """Row by row through the codec (another layout, format 1, variable-width features).
+        Raises DataError on a damaged payload."""
+        decode = self.codec.decode
+        flat: list[float | None] = []
+        gaps = {length: [None] * length for _, length in self._sizes if length}
+        for payload in payloads:
             values = decode(payload)
-            for i, cols in self._numeric:
+            for i, length in self._sizes:
                 value = values[i]
-                out[r, cols] = np.nan if value is None else value
-        return out
+                if length is None:
+                    flat.append(value)  # None becomes NaN in np.array
+                else:
+                    flat.extend(gaps[length] if value is None else value)
+        return np.array(flat, dtype=np.float64).reshape(len(payloads), self.width)
+
+    def _kept(self, payloads: Sequence[bytes], failures: int) -> np.ndarray | None:
+        """After ``_decode_rows``: which rows may be cached (see ``decode_keep``), given the
+        number of failed history reads before it."""
+        if self._history_failures == failures:
+            return None
+        prefix = self._prefix
+        return np.fromiter((p.startswith(prefix) for p in payloads), bool, len(payloads))
+
+    def _history(self, read: Callable[[], Sequence[Layout] | None]) -> Sequence[Layout] | None:
+        found = read()
+        if found is None:
+            self._history_failures += 1
+        return found
 
 
 class _Slab:
@@ -214,9 +307,15 @@ class FeatureCache:
         *,
         max_entries: int = 100_000,
         max_age_seconds: float | None = 30.0,
+        layouts: Callable[[str], Sequence[Layout] | None] | None = None,
     ) -> None:
         """``max_age_seconds``: an entry read longer ago is read again (None: no bound); it
-        bounds how long a write that moves no view's newest event time can go unseen."""
+        bounds how long a write that moves no view's newest event time can go unseen.
+
+        ``layouts(view)``: the value layouts the view has had, newest first, None while they
+        cannot be read (``OnlineReader.layouts``; by default one of the cache's own over the
+        watcher's registry). Asked only when a value of another layout is met, so that its
+        features that are still the same are served until the backfill rewrites it."""
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         if max_age_seconds is not None and max_age_seconds <= 0:
@@ -225,6 +324,9 @@ class FeatureCache:
         self.watcher = watcher
         self.max_entries = max_entries
         self.max_age_seconds = max_age_seconds
+        if layouts is None:
+            layouts = OnlineReader(online_store, watcher).layouts
+        self.layouts = layouts
         self._lock = threading.Lock()
         self._slabs: dict[str, _Slab] = {}
         self._decoders: dict[str, ViewDecoder] = {}
@@ -393,12 +495,14 @@ class FeatureCache:
             if not present:
                 continue
             where = missing[present]
-            decoded = decoder.decode([chunk[j][1] for j in present])  # type: ignore[index]
+            decoded, keep = decoder.decode_keep([chunk[j][1] for j in present])  # type: ignore[index]
             stamps = np.fromiter((chunk[j][0] for j in present), np.int64, len(present))  # type: ignore[index]
             rows.values[where] = decoded
             rows.event_ts[where] = stamps
             rows.found[where] = True
             if generation >= 0:
+                if keep is not None:
+                    where, decoded, stamps = where[keep], decoded[keep], stamps[keep]
                 keys = pending.requests[view]
                 self._insert(view, generation, [keys[i] for i in where.tolist()], decoded, stamps, pending.started)
         return pending.rows
@@ -411,7 +515,10 @@ class FeatureCache:
                 raise NotFoundError(
                     f"unknown feature view {view!r}", hint="run `featurestore registry show feature_view`"
                 )
-            decoder = ViewDecoder([f.dtype for f in spec.features], [f.name for f in spec.features])
+            features = spec.features
+            decoder = ViewDecoder(
+                [f.dtype for f in features], [f.name for f in features], partial(self.layouts, view)
+            )
             self._decoders[view] = decoder
             if _live(spec):
                 self._uncacheable.add(view)

@@ -147,7 +147,7 @@ def in_process(store: FeatureStore, users: int, items: int, size: int, total: in
     online = store.online_store
     timers.wrap(online, "get_blobs", "read states (Redis)")
     timers.wrap(online, "compare_and_swap_blobs", "compare-and-swap (Redis)")
-    timers.wrap(service.log, "append", "log commit (PostgreSQL)")
+    timers.wrap(service.log, "append_seqs" if hasattr(service.log, "append_seqs") else "append", "log commit (PostgreSQL)")
     if hasattr(service.log, "mark_applied"):  # since the catch-up (issue 15): rows leave `pending`
         timers.wrap(service.log, "mark_applied", "mark applied (PostgreSQL, async commit)")
     timers.wrap(BatchStateCodec, "decode", "update: decode states")

@@ -137,7 +137,7 @@ class ViewRun:
 
 
 def build_view_pipeline(
-    pipeline: beam.Pipeline, run: ViewRun, progress_key: str | None = None
+    pipeline: beam.Pipeline, run: ViewRun, progress_key: str | None = None, panes: Any = None
 ) -> None:
     """Add one view's materialization to ``pipeline``.
 
@@ -161,6 +161,8 @@ def build_view_pipeline(
             s.event_schema(), read_interval(s, run.interval)
         )
         days = valid | "Aggregate" >> AggregateByDate(s, run.interval, run.days)
+        if panes is not None:  # a stream_source: hand the stream job this run's panes
+            _ = valid | "StagePanes" >> panes.stage()
     else:
         valid, rejects = batches | "Validate" >> ValidateAndCast(s, run.interval)
         days = valid | "Deduplicate" >> DeduplicateByPartition(
@@ -355,8 +357,11 @@ def _run(
     # Left-overs of crashed runs of this view; one run per view at a time is assumed.
     shutil.rmtree(run.staging_root, ignore_errors=True)
     run.staging_dir.mkdir(parents=True)
+    from materializers.batch_panes import BatchPanes
+
+    panes = BatchPanes.plan(store, run)  # None unless aggregated with a stream_source
     pipeline = make_pipeline(pipeline_args)
-    build_view_pipeline(pipeline, run, progress_key=run.run_id)
+    build_view_pipeline(pipeline, run, progress_key=run.run_id, panes=panes)
     started = time.monotonic()
     with ProgressDisplay(run.run_id, view, enabled=progress) as display:
         try:
@@ -372,6 +377,8 @@ def _run(
             f"the pipeline of feature view {view!r} ended in state {result.state}",
             hint="see the runner's logs; the watermark did not move, so re-running is safe",
         )
+    if panes is not None:
+        panes.publish(store.online_store)
     counts = _counters(result)
     shutil.rmtree(run.staging_root, ignore_errors=True)
     try:

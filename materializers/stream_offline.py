@@ -12,13 +12,16 @@ the latest created winning and, on a tie, the new row (``dedup_rows``), written 
 ``layout.write_atomic``. So writing the same rows again (entries delivered again after a crash)
 changes nothing, and late rows for a window already written are added to its file.
 
+An aggregated view's windows ending before the batch boundary B are the batch job's rows:
+``prune_before`` drops them from a consumer's files when B moves (docs/streaming.md).
+
     >>> merge_into_file(path, rows, schema)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +61,9 @@ def merge_into_file(path: Path, rows: pa.Table, schema: ViewSchema) -> int:
     )
     parts = [new.append_column(ORDINAL, ordinal)]
     if path.exists():
-        old = pq.read_table(path).select(target.names).cast(target)
+        # A file written before the view changed (a feature added, removed or retyped) is
+        # conformed to the current layout, as the batch job's partial rewrites are.
+        old = layout.conform(pq.read_table(path), target)
         # Rows already in the file lose ties against rows written now.
         parts.insert(0, old.append_column(ORDINAL, pa.array(np.full(old.num_rows, -1, np.int64))))
     merged = dedup_rows(pa.concat_tables(parts), schema)
@@ -66,6 +71,66 @@ def merge_into_file(path: Path, rows: pa.Table, schema: ViewSchema) -> int:
     merged = merged.sort_by(order).select(target.names)
     layout.write_atomic(merged, path)
     return merged.num_rows
+
+
+def prune_before(
+    offline_path: Path,
+    project: str,
+    view: str,
+    consumer: str,
+    before_us: int,
+    since_us: int | None = None,
+) -> int:
+    """Drop the rows of this consumer's files whose event time is before ``before_us`` (an
+    aggregated view's windows that a batch run now owns), looking at the files of the dates from
+    ``since_us`` (every date when None) to ``before_us``; returns the rows dropped. A file left
+    without rows is deleted.
+
+    >>> prune_before(Path("off"), "demo", "clicks", "job-1", 1_795_000_000_000_000)  # doctest: +SKIP
+    12
+    """
+    root = layout.view_dir(Path(offline_path), project, view)
+    if not root.is_dir():
+        return 0
+    last = datetime.fromtimestamp(before_us / 1_000_000, timezone.utc).date()
+    first = (
+        None if since_us is None else datetime.fromtimestamp(since_us / 1_000_000, timezone.utc).date()
+    )
+    suffix = f"-{_SAFE.sub('_', consumer)}.parquet"
+    dropped = 0
+    for directory in sorted(root.glob("date=*")):
+        try:
+            day = date.fromisoformat(directory.name[len("date=") :])
+        except ValueError:
+            continue
+        if day > last or (first is not None and day < first):
+            continue
+        for path in sorted(directory.glob(f"stream-*{suffix}")):
+            start = _window_start(path.name)
+            if start is None or start >= before_us:
+                continue
+            table = pq.read_table(path)
+            keep = pc.greater_equal(
+                pc.cast(table.column(EVENT_TS), pa.int64()), pa.scalar(before_us, pa.int64())
+            )
+            kept = table.filter(keep)
+            if kept.num_rows == table.num_rows:
+                continue
+            dropped += table.num_rows - kept.num_rows
+            if kept.num_rows:
+                layout.write_atomic(kept, path)
+            else:
+                path.unlink(missing_ok=True)
+    return dropped
+
+
+def _window_start(name: str) -> int | None:
+    """The window start (µs) in a stream file's name, None for another file."""
+    match = re.match(r"stream-(\d{8}T\d{6}Z)-", name)
+    if match is None:
+        return None
+    start = datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    return int(start.timestamp()) * 1_000_000
 
 
 class WindowBuffer:

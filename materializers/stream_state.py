@@ -1,20 +1,31 @@
-"""The stream job's aggregation state, in the stream's Redis, committed atomically with the acks.
+"""The stream job's aggregation state, in the stream's Redis, committed atomically with the acks,
+and the batch job's pane partials beside it (``materializers.batch_panes``).
 
 Per view, pane partials (``materializers.aggregates``) as JSON, one hash per pane::
 
-    {project}:__stream__:{view}:pane:{p}      entity key -> partial row (JSON list)
+    {project}:__stream__:{view}:pane:{p}      entity key -> partial row (JSON list): the stream's
+    {project}:__stream__:{view}:bpane:{p}     entity key -> partial row: the batch job's
+    {project}:__stream__:{view}:batch_until   hash: at (boundary B, µs), version, run
     {project}:__stream__:{view}:windows       sorted set of window ends to (re)write offline
     {project}:__stream__:{view}:winver        window end -> version (bumped by every change)
 
-**Exactly once per entry.** A micro-batch is committed by one Lua script that (1) checks every
-entry is still unacknowledged in the group (``XCLAIM ... JUSTID`` to this consumer: an entry
-someone acknowledged meanwhile is not returned), (2) checks the stored partials it read are
-unchanged (compare-and-set), (3) writes the merged partials, (4) marks the windows they feed for
-the offline writer and (5) acknowledges the entries. Redis runs a script without interleaving,
-so an entry's contribution and its acknowledgement happen together or not at all: a job killed
-before the script is delivered the entries again and counts them once; killed after, it never
-sees them again. Online values are written after the commit and recomputed from this state, so
-a kill between the two is repaired by the refresh every run starts with.
+**Who owns an event** (docs/streaming.md, "Batch and stream"): with a boundary B published by
+a batch run, events before B are the batch job's and the others the stream's. Panes before
+B's pane come from ``bpane`` only; B's own pane ("the straddle") from both, the batch's partial
+holding the entity's events before B; later panes from ``pane`` only. ``PaneStore.merged`` reads
+both sides and B in one transaction, so every window computed here (online and offline) sees
+one consistent boundary.
+
+**Exactly once per entry.** A micro-batch is committed by one Lua script that (0) checks that
+the boundary it decided ownership with is still the published one, (1) checks every entry is
+still unacknowledged in the group (``XCLAIM ... JUSTID`` to this consumer: an entry someone
+acknowledged meanwhile is not returned), (2) checks the stored partials it read are unchanged
+(compare-and-set), (3) writes the merged partials, (4) marks the windows they feed for the
+offline writer and (5) acknowledges the entries. Redis runs a script without interleaving, so an
+entry's contribution and its acknowledgement happen together or not at all: a job killed before
+the script is delivered the entries again and counts them once; killed after, it never sees them
+again. Online values are written after the commit and recomputed from this state, so a kill
+between the two is repaired by the refresh every run starts with.
 
 Panes expire ``window + allowed lateness`` after they end; an event whose first window closed
 more than the allowed lateness ago is dropped (counted), because the panes it would need may be
@@ -22,7 +33,7 @@ gone. Late events within it update the panes and mark the windows they touch, wh
 rows are then rewritten.
 
     >>> state = AggregateState(reader, schema, "demo", lateness_seconds=3600)  # doctest: +SKIP
-    >>> state.commit(ids, pane_partials(events, schema))  # doctest: +SKIP
+    >>> state.commit(ids, pane_partials(events, schema), keys, version=0)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from featurestore.streams.redis_streams import RedisStreamReader, guard
 from materializers.aggregates import (
@@ -42,17 +54,19 @@ from materializers.aggregates import (
     ends_of_panes,
     merge_partials,
     partials_from_json,
+    pane_of,
     partials_to_json,
     slide_us,
     window_rows,
 )
-from materializers.schema import ViewSchema
+from materializers.schema import EVENT_TS, ViewSchema
 from registry.errors import ConfigError, ConflictError
 
 _COMMIT = """
-local group, consumer = ARGV[1], ARGV[2]
-local n_ids = tonumber(ARGV[3])
-local pos = 4
+if (redis.call('HGET', KEYS[4], 'version') or '0') ~= ARGV[1] then return {'moved'} end
+local group, consumer = ARGV[2], ARGV[3]
+local n_ids = tonumber(ARGV[4])
+local pos = 5
 if n_ids > 0 then
   local claim = {'XCLAIM', KEYS[1], group, consumer, 0}
   for i = 1, n_ids do claim[5 + i] = ARGV[pos + i - 1] end
@@ -92,7 +106,7 @@ for i = 0, n_win - 1 do
 end
 if n_ids > 0 then
   local ids = {}
-  for i = 1, n_ids do ids[i] = ARGV[3 + i] end
+  for i = 1, n_ids do ids[i] = ARGV[4 + i] end
   redis.call('XACK', KEYS[1], group, unpack(ids))
 end
 return {'ok'}
@@ -118,41 +132,72 @@ _MARGIN_MS = 3_600_000
 class CommitResult:
     """``committed``: the entries were counted and acknowledged. Otherwise ``owned`` lists the
     entries still this consumer's to count (the others were acknowledged by someone else):
-    recompute the partials from those and commit again."""
+    recompute the partials from those and commit again; or ``moved``: a batch run published a
+    new boundary meanwhile, decide again which events are the stream's and commit again."""
 
     committed: bool
     owned: list[bytes]
+    moved: bool = False
 
 
-class AggregateState:
-    """Pane partials of one aggregated view, next to its stream (one Redis)."""
+@dataclass(frozen=True)
+class Boundary:
+    """B, published by the batch job: events before ``at_us`` are the batch job's. ``version``
+    moves with every publication (0: never published, every event is the stream's)."""
+
+    at_us: int | None = None
+    version: int = 0
+    run: str = ""
+
+    @classmethod
+    def parse(cls, reply: dict[bytes, bytes]) -> Boundary:
+        if not reply or b"at" not in reply:
+            return cls(None, int(reply.get(b"version", 0)) if reply else 0)
+        return cls(int(reply[b"at"]), int(reply[b"version"]), reply.get(b"run", b"").decode())
+
+    def pane(self, step: int) -> int | None:
+        """The pane holding B (its "straddle": the batch's before B, the stream's from B)."""
+        return None if self.at_us is None else self.at_us // step
+
+
+def state_prefix(project: str, view: str) -> str:
+    return f"{project}:__stream__:{view}:"
+
+
+class PaneStore:
+    """Pane partials of one aggregated view in the stream's Redis, the stream's and the batch
+    job's, read merged by the published boundary. Reading only: ``AggregateState`` commits."""
 
     def __init__(
-        self, reader: Any, schema: ViewSchema, project: str, lateness_seconds: int
+        self, client: Any, url: str, stream: str, schema: ViewSchema, project: str,
+        lateness_seconds: int,
     ) -> None:
-        if not isinstance(reader, RedisStreamReader):
-            raise ConfigError(
-                f"feature view {schema.view!r} aggregates, which needs its state next to the "
-                f"stream in Redis; {reader.kind!r} streams cannot hold it",
-                hint="use a redis_stream source for views with aggregations",
-            )
-        self.reader = reader
-        self.client = reader.client
+        self.client = client
+        self.url = url
+        self.stream = stream
         self.schema = schema
         self.step = slide_us(schema)
         self.k_max = max(a.panes for a in schema.aggregates)
         self.lateness_us = lateness_seconds * 1_000_000
-        self.prefix = f"{project}:__stream__:{schema.view}:"
+        self.prefix = state_prefix(project, schema.view)
         self.windows_key = self.prefix + "windows"
         self.versions_key = self.prefix + "winver"
-        self._commit = self.client.register_script(_COMMIT)
-        self._done = self.client.register_script(_WINDOW_DONE)
+        self.boundary_key = self.prefix + "batch_until"
+        self.lateness_key = self.prefix + "lateness"
 
     def _guard(self, what: str) -> Any:
-        return guard(self.reader.url, self.reader.stream, what)
+        return guard(self.url, self.stream, what)
 
     def pane_key(self, pane: int) -> str:
         return f"{self.prefix}pane:{pane}"
+
+    def bpane_key(self, pane: int) -> str:
+        return f"{self.prefix}bpane:{pane}"
+
+    def expire_ms(self, pane: int) -> int:
+        """When a pane's partials may go: no window that the allowed lateness still lets change
+        reads it."""
+        return ((pane + self.k_max) * self.step + self.lateness_us) // 1000 + _MARGIN_MS
 
     # -- time ------------------------------------------------------------------------------------
     def current_end(self, now_us: int) -> int:
@@ -169,12 +214,116 @@ class AggregateState:
         lateness_panes = -(-self.lateness_us // self.step)
         return cur - self.k_max - lateness_panes - 1, cur + 1
 
+    # -- reading ---------------------------------------------------------------------------------
+    def boundary(self) -> Boundary:
+        with self._guard("reading the batch boundary"):
+            return Boundary.parse(self.client.hgetall(self.boundary_key))
+
+    def merged(
+        self, panes: Sequence[int], keys: Sequence[bytes] | None
+    ) -> tuple[Boundary, pa.Table]:
+        """The partials of ``panes`` (``keys``' entities, or all) that count under the published
+        boundary, the batch's and the stream's side by side (not merged: the window functions
+        merge), read with the boundary in one transaction."""
+        panes = list(panes)
+        with self._guard("reading aggregation state"):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hgetall(self.boundary_key)
+            if keys is None or keys:
+                for p in panes:
+                    for key in (self.pane_key(p), self.bpane_key(p)):
+                        if keys is None:
+                            pipe.hgetall(key)
+                        else:
+                            pipe.hmget(key, list(keys))
+            replies = pipe.execute()
+        boundary = Boundary.parse(replies[0])
+        straddle = boundary.pane(self.step)
+        rows: list[Any] = []
+        row_panes: list[int] = []
+        for i, p in enumerate(panes if len(replies) > 1 else []):
+            stream_reply, batch_reply = replies[1 + 2 * i], replies[2 + 2 * i]
+            sides = []
+            if straddle is None or p >= straddle:
+                sides.append(stream_reply)
+            if straddle is not None and p <= straddle:
+                sides.append(batch_reply)
+            for reply in sides:
+                values = reply.values() if keys is None else reply
+                for v in values:
+                    if v is not None:
+                        rows.append(json.loads(v))
+                        row_panes.append(p)
+        return boundary, partials_from_json(rows, row_panes, self.schema)
+
+    def latest_rows(self, keys: Sequence[bytes] | None, lo_pane: int, now_us: int) -> pa.Table:
+        """The online value of each entity (of ``keys``, or every entity with state in panes
+        ``lo_pane ..``): its latest window that has started, ending at ``min(latest pane +
+        window, current end)``; rows in the offline layout.
+
+        ``lo_pane``: the oldest pane the caller changed; the panes read reach back a whole
+        window before the current end too, since each value is the entity's whole window."""
+        cur = self.current_end(now_us)
+        first, _ = self.retained_panes(now_us)
+        _, partials = self.merged(range(max(min(lo_pane, cur - self.k_max), first), cur), keys)
+        if not partials.num_rows:
+            return window_rows(partials, self.schema)
+        names = list(self.schema.key_names)
+        latest = partials.group_by(names, use_threads=False).aggregate([(PANE, "max")])
+        ends = np.minimum(latest.column(f"{PANE}_max").to_numpy() + self.k_max, cur)
+        targets = latest.select(names).append_column(WINDOW_END, pa.array(ends, pa.int64()))
+        return window_rows(partials, self.schema, targets=targets)
+
+    def window_table(self, end: int) -> tuple[Boundary, pa.Table]:
+        """Every entity's row for the window ending at ``end``, from the merged state, and the
+        boundary it was read under."""
+        boundary, partials = self.merged(range(end - self.k_max, end), None)
+        return boundary, window_rows(partials, self.schema, lo=end, hi=end + 1)
+
+
+class AggregateState(PaneStore):
+    """Pane partials of one aggregated view, next to its stream (one Redis): the stream job's
+    reads, commits and offline window marks."""
+
+    def __init__(
+        self, reader: Any, schema: ViewSchema, project: str, lateness_seconds: int
+    ) -> None:
+        if not isinstance(reader, RedisStreamReader):
+            raise ConfigError(
+                f"feature view {schema.view!r} aggregates, which needs its state next to the "
+                f"stream in Redis; {reader.kind!r} streams cannot hold it",
+                hint="use a redis_stream source for views with aggregations",
+            )
+        super().__init__(
+            reader.client, reader.url, reader.stream, schema, project, lateness_seconds
+        )
+        self.reader = reader
+        self._commit = self.client.register_script(_COMMIT)
+        self._done = self.client.register_script(_WINDOW_DONE)
+
+    def record_lateness(self) -> None:
+        """Tell batch runs how far back this job may still change windows, so they leave the
+        panes it needs (``materializers.batch_panes``)."""
+        with self._guard("recording the allowed lateness"):
+            self.client.set(self.lateness_key, self.lateness_us // 1_000_000)
+
+    def pruned_at(self, consumer: str) -> int | None:
+        """The last boundary whose earlier windows ``consumer`` dropped from its files."""
+        with self._guard("reading the pruned boundary"):
+            done = self.client.get(f"{self.prefix}pruned:{consumer}")
+        return None if done is None else int(done)
+
+    def set_pruned(self, consumer: str, at_us: int) -> None:
+        with self._guard("recording the pruned boundary"):
+            self.client.set(f"{self.prefix}pruned:{consumer}", at_us)
+
     # -- loading ---------------------------------------------------------------------------------
     def load(
         self, panes: Sequence[int], keys: Sequence[bytes] | None
     ) -> tuple[pa.Table, dict[tuple[int, bytes], bytes]]:
-        """Stored partials of ``panes`` (only ``keys``' entities, or all) as a table, and the raw
-        stored values by ``(pane, entity key)`` (what a commit compares against)."""
+        """The stream's stored partials of ``panes`` (only ``keys``' entities, or all) as a
+        table, and the raw stored values by ``(pane, entity key)`` (what a commit compares
+        against)."""
         panes = list(panes)
         raw: dict[tuple[int, bytes], bytes] = {}
         if panes and (keys is None or keys):
@@ -195,12 +344,41 @@ class AggregateState:
         table = partials_from_json(rows, [p for p, _ in raw], self.schema)
         return table, raw
 
+    # -- ownership -------------------------------------------------------------------------------
+    def owned(self, rows: pa.Table, boundary: Boundary) -> np.ndarray:
+        """Which validated event rows are the stream's to count under ``boundary``: those at
+        or after B, and in B's pane also earlier ones of an entity the batch run left to the
+        stream (no batch partial there: the stream had already counted that entity's pane)."""
+        if boundary.at_us is None or not rows.num_rows:
+            return np.ones(rows.num_rows, dtype=bool)
+        from featurestore.online.codec import encode_entity_keys
+
+        event_us = pc.cast(rows.column(EVENT_TS), pa.int64()).to_numpy()
+        straddle = boundary.pane(self.step)
+        owned = event_us >= boundary.at_us
+        doubt = ~owned & (pane_of(event_us, self.schema) == straddle)
+        if doubt.any():
+            s = self.schema
+            picked = rows.filter(pa.array(doubt))
+            keys = encode_entity_keys(
+                [d for _, d in s.join_keys], [picked.column(k) for k in s.key_names]
+            )
+            with self._guard("reading the batch partials"):
+                held = self.client.hmget(self.bpane_key(straddle), keys)  # type: ignore[arg-type]
+            owned[np.flatnonzero(doubt)] = [h is None for h in held]
+        return owned
+
     # -- committing ------------------------------------------------------------------------------
     def commit(
-        self, ids: Sequence[bytes], partials: pa.Table, entity_keys: Sequence[bytes]
+        self,
+        ids: Sequence[bytes],
+        partials: pa.Table,
+        entity_keys: Sequence[bytes],
+        version: int = 0,
     ) -> CommitResult:
         """Merge ``partials`` (with ``entity_keys``, one per row) into the state and acknowledge
-        ``ids``, atomically; retried while other consumers change the same partials."""
+        ``ids``, atomically, if the boundary is still at ``version`` (the one ownership was
+        decided with); retried while other consumers change the same partials."""
         if len(ids) > MAX_COMMIT_ENTRIES:
             raise ValueError(f"at most {MAX_COMMIT_ENTRIES} entries per commit, got {len(ids)}")
         panes = partials.column(PANE).to_pylist() if partials.num_rows else []
@@ -209,7 +387,7 @@ class AggregateState:
             stored, raw = self.load(sorted(set(panes)), keys)
             stored_keys = [k for _, k in raw]
             merged, merged_keys = self._merge(stored, stored_keys, partials, list(entity_keys))
-            args, key_names = self._commit_args(ids, merged, merged_keys, raw)
+            args, key_names = self._commit_args(ids, merged, merged_keys, raw, version)
             with self._guard("committing aggregation state"):
                 reply = self._commit(keys=key_names, args=args)
             status = _text(reply[0])
@@ -217,6 +395,8 @@ class AggregateState:
                 return CommitResult(True, list(ids))
             if status == "ids":
                 return CommitResult(False, [bytes(i) for i in reply[1:]])
+            if status == "moved":
+                return CommitResult(False, list(ids), moved=True)
         raise ConflictError(
             f"the aggregation state of feature view {self.schema.view!r} kept changing under "
             "this consumer (20 attempts)",
@@ -252,15 +432,15 @@ class AggregateState:
         merged: pa.Table,
         merged_keys: list[bytes],
         raw: dict[tuple[int, bytes], bytes],
+        version: int,
     ) -> tuple[list[Any], list[str]]:
         panes = merged.column(PANE).to_pylist()
         pane_list = sorted(set(panes))
-        index = {
-            p: 4 + i for i, p in enumerate(pane_list)
-        }  # KEYS: stream, windows, versions, panes
-        key_names = [self.reader.stream, self.windows_key, self.versions_key]
+        # KEYS: stream, windows, versions, boundary, then the panes.
+        index = {p: 5 + i for i, p in enumerate(pane_list)}
+        key_names = [self.reader.stream, self.windows_key, self.versions_key, self.boundary_key]
         key_names += [self.pane_key(p) for p in pane_list]
-        args: list[Any] = [self.reader.group, self.reader.consumer, len(ids), *ids]
+        args: list[Any] = [version, self.reader.group, self.reader.consumer, len(ids), *ids]
         rows = partials_to_json(merged, self.schema)
         args.append(len(rows))
         for p, k, row in zip(panes, merged_keys, rows):
@@ -269,29 +449,13 @@ class AggregateState:
             args += [index[p], k, b"" if old is None else b"=" + old, new]
         args.append(len(pane_list))
         for p in pane_list:
-            expire_ms = ((p + self.k_max) * self.step + self.lateness_us) // 1000 + _MARGIN_MS
-            args += [index[p], expire_ms]
+            args += [index[p], self.expire_ms(p)]
         windows = sorted(ends_of_panes(pane_list, self.schema))
         args.append(len(windows))
         args += windows
         return args, key_names
 
-    # -- reading windows -------------------------------------------------------------------------
-    def latest_rows(self, keys: Sequence[bytes] | None, lo_pane: int, now_us: int) -> pa.Table:
-        """The online value of each entity (of ``keys``, or every entity with state in panes
-        ``lo_pane ..``): its latest window that has started, ending at ``min(latest pane +
-        window, current end)``; rows in the offline layout."""
-        cur = self.current_end(now_us)
-        first, _ = self.retained_panes(now_us)
-        partials, _ = self.load(range(max(lo_pane, first), cur), keys)
-        if not partials.num_rows:
-            return window_rows(partials, self.schema)
-        names = list(self.schema.key_names)
-        latest = partials.group_by(names, use_threads=False).aggregate([(PANE, "max")])
-        ends = np.minimum(latest.column(f"{PANE}_max").to_numpy() + self.k_max, cur)
-        targets = latest.select(names).append_column(WINDOW_END, pa.array(ends, pa.int64()))
-        return window_rows(partials, self.schema, targets=targets)
-
+    # -- offline windows -------------------------------------------------------------------------
     def due_windows(self, now_us: int, limit: int = 64) -> list[tuple[int, bytes]]:
         """Window ends marked for the offline writer whose window closed (grace included by the
         caller in ``now_us``), with their versions."""
@@ -302,11 +466,6 @@ class AggregateState:
                 return []
             versions = self.client.hmget(self.versions_key, ends)
         return [(int(e), v or b"") for e, v in zip(ends, versions)]
-
-    def window_table(self, end: int) -> pa.Table:
-        """Every entity's row for the window ending at ``end``, from the state."""
-        partials, _ = self.load(range(end - self.k_max, end), None)
-        return window_rows(partials, self.schema, lo=end, hi=end + 1)
 
     def window_done(self, end: int, version: bytes) -> bool:
         with self._guard("clearing a window mark"):

@@ -39,7 +39,7 @@ from materializers.dedup import as_table
 from materializers.online_write import ENTITY_KEY, OnlineWriter, latest_per_entity, with_entity_key
 from materializers.rejects import rejects_path
 from materializers.schema import EVENT_TS
-from materializers.stream_offline import WindowBuffer, merge_into_file, stream_file
+from materializers.stream_offline import WindowBuffer, merge_into_file, prune_before, stream_file
 from materializers.stream_plan import StreamRun
 from materializers.stream_read import (
     CRASH_ENV,
@@ -67,10 +67,12 @@ __all__ = [
     "WriteStreamRejects",
 ]
 
-# Kept per (project, view, consumer) in this process across pipeline runs (generations): freshness, and
-# the window end the aggregated view's online values were last brought to.
+# Kept per (project, view, consumer) in this process across pipeline runs (generations): freshness,
+# and the window end the aggregated view's online values were last brought to.
 _STATS: dict[tuple[str, str, str], freshness.LagStats] = {}
 _WINDOW_END: dict[tuple[str, str, str], int] = {}
+# ... and the version of the batch boundary those values were computed under.
+_BOUNDARY: dict[tuple[str, str, str], int] = {}
 
 # -- validation and rejects ------------------------------------------------------------------------
 
@@ -217,6 +219,7 @@ class _AggregateFn(beam.DoFn):
         self.state = AggregateState(
             self.reader, self.run.schema, self.run.project, self.run.options.lateness_seconds
         )
+        self.state.record_lateness()
         self.sliding = any(a.panes > 1 for a in self.run.schema.aggregates)
         self.key = (self.run.project, self.run.view, self.run.options.consumer)
 
@@ -229,25 +232,29 @@ class _AggregateFn(beam.DoFn):
             for _ in self.writer.write(latest_per_entity(rows, self.run.schema)):
                 pass
 
-    def _refresh(self, at_us: int) -> None:
+    def _refresh(self, at_us: int, boundary: Any) -> None:
         """Every entity's current window, written online: all of the state on the process's
-        first element (repairs a kill between a commit and its online write), and the entities
-        of the current window whenever a slide boundary passed (sliding windows: the oldest
-        pane drops out)."""
+        first element (repairs a kill between a commit and its online write) and whenever a
+        batch run published a new boundary (its partials replace the stream's before it), and
+        the entities of the current window whenever a slide boundary passed (sliding windows:
+        the oldest pane drops out)."""
         cur = self.state.current_end(at_us)
         last = _WINDOW_END.get(self.key)
-        if last is None:
+        if last is None or _BOUNDARY.get(self.key) != boundary.version:
             first, _ = self.state.retained_panes(at_us)
             self._write(self.state.latest_rows(None, first, at_us))
         elif cur != last and self.sliding:
-            self._write(self.state.latest_rows(None, cur - self.state.k_max, at_us))
+            # From the last end brought online: entities whose window grew since then.
+            self._write(self.state.latest_rows(None, last - self.state.k_max, at_us))
         _WINDOW_END[self.key] = cur
+        _BOUNDARY[self.key] = boundary.version
 
     def process(self, mb: MicroBatch) -> Iterator[MicroBatch]:
         from featurestore.online.codec import encode_entity_keys
 
         at_us = now_us()
-        self._refresh(at_us)
+        boundary = self.state.boundary()
+        self._refresh(at_us, boundary)
         if mb.read is None or not mb.entries:
             yield mb
             return
@@ -267,7 +274,10 @@ class _AggregateFn(beam.DoFn):
                 row_ids = [i for i, k in zip(row_ids, keep.tolist()) if k]
         ids = list(mb.read.ids)
         while True:
-            partials = pane_partials(rows, s)
+            # Events before the batch boundary are the batch job's: acknowledged, not counted.
+            owned = self.state.owned(rows, boundary)
+            mine = rows.filter(pa.array(owned)) if not owned.all() else rows
+            partials = pane_partials(mine, s)
             keys = (
                 encode_entity_keys(
                     [d for _, d in s.join_keys], [partials.column(k) for k in s.key_names]
@@ -275,31 +285,39 @@ class _AggregateFn(beam.DoFn):
                 if partials.num_rows
                 else []
             )
-            result = self.state.commit(ids, partials, keys)
+            result = self.state.commit(ids, partials, keys, boundary.version)
             if result.committed:
                 break
+            if result.moved:
+                # A batch run published meanwhile: decide ownership again (and refresh next).
+                boundary = self.state.boundary()
+                continue
             # Someone else acknowledged some entries meanwhile: count only the ones still ours.
-            owned = set(result.owned)
-            keep_rows = [i in owned for i in row_ids]
+            still = set(result.owned)
+            keep_rows = [i in still for i in row_ids]
             rows = rows.filter(pa.array(keep_rows, pa.bool_()))
-            row_ids = [i for i in row_ids if i in owned]
-            ids = [i for i in ids if i in owned]
+            row_ids = [i for i in row_ids if i in still]
+            ids = [i for i in ids if i in still]
         crash_hook("after_commit")
+        late += rows.num_rows - mine.num_rows
         lags = None
-        if rows.num_rows:
+        if mine.num_rows:
             touched = (
-                with_entity_key(rows, s.event_schema()).column(ENTITY_KEY).unique().to_pylist()
+                with_entity_key(mine, s.event_schema()).column(ENTITY_KEY).unique().to_pylist()
             )
-            lo_pane = int(pane_of(pc.cast(pc.min(rows.column(EVENT_TS)), pa.int64()).as_py(), s))
+            lo_pane = int(pane_of(pc.cast(pc.min(mine.column(EVENT_TS)), pa.int64()).as_py(), s))
             self._write(self.state.latest_rows(touched, lo_pane, at_us))
-            lags = _lags(rows, time.time())
+            lags = _lags(mine, time.time())
         yield replace(mb, lags=lags, late=late)
 
 
 class UpdateAggregates(beam.PTransform):
     """Valid events of an aggregated view -> pane partials merged into the Redis state and the
     entries acknowledged, in one atomic commit (``materializers.stream_state``); then the
-    touched entities' current windows recomputed from the state and written online."""
+    touched entities' current windows recomputed from the state and written online.
+
+    Events before the batch boundary B (``materializers.batch_panes``) are acknowledged, not
+    counted (``late``); windows merge the batch job's partials before B with the stream's."""
 
     def __init__(self, run: StreamRun) -> None:
         super().__init__()
@@ -330,6 +348,7 @@ class _OfflineFn(beam.DoFn):
                 self.reader, self.run.schema, self.run.project, options.lateness_seconds
             )
         self.next_check = 0.0
+        self.pruned_version: int | None = None
         # Windows are written (and their entries acknowledged) on one writer thread, so a
         # window's Parquet file does not hold up the online writes; Arrow releases the GIL.
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-offline")
@@ -384,17 +403,37 @@ class _OfflineFn(beam.DoFn):
         grace_us = self.run.options.grace_seconds * 1_000_000
         window_us = self.run.options.window_seconds * 1_000_000
         step = self.state.step
+        boundary = self.state.boundary()
+        if boundary.version != self.pruned_version:
+            self._prune(boundary)
         while True:
             due = self.state.due_windows(now_us() - grace_us)
             for end, version in due:
-                rows = self.state.window_table(end)
-                if rows.num_rows:
-                    merge_into_file(
-                        self._file((end * step) // window_us * window_us), rows, self.run.schema
-                    )
+                # Windows ending before the batch boundary are the batch job's files' rows.
+                if boundary.at_us is None or end * step >= boundary.at_us:
+                    boundary, rows = self.state.window_table(end)
+                    if rows.num_rows and (boundary.at_us is None or end * step >= boundary.at_us):
+                        merge_into_file(
+                            self._file((end * step) // window_us * window_us), rows, self.run.schema
+                        )
                 self.state.window_done(end, version)
             if len(due) < 64 or not mb.final:
                 break
+
+    def _prune(self, boundary: Any) -> None:
+        """A batch run published boundary B: the windows ending before it are its files' rows
+        now, so drop them from this consumer's files (once per boundary: the last B pruned is
+        kept in Redis, per consumer)."""
+        if boundary.at_us is not None:
+            run = self.run
+            consumer = run.options.consumer
+            since = self.state.pruned_at(consumer)
+            if since is None or since < boundary.at_us:
+                prune_before(
+                    run.offline_path, run.project, run.view, consumer, boundary.at_us, since
+                )
+                self.state.set_pruned(consumer, boundary.at_us)
+        self.pruned_version = boundary.version
 
     def process(self, mb: MicroBatch) -> Iterator[MicroBatch]:
         if self.state is None:
@@ -407,7 +446,8 @@ class _OfflineFn(beam.DoFn):
 class WriteStreamOffline(beam.PTransform):
     """Plain views: valid rows buffered by event-time window, each window merged into its
     stream file once closed (or at the end of a run), then its entries acknowledged. Views with
-    aggregations: the windows the state marked, recomputed and merged once closed."""
+    aggregations: the windows the state marked, recomputed and merged once closed, those ending
+    from the batch boundary B on only; when B moves, this consumer's rows before it go."""
 
     def __init__(self, run: StreamRun) -> None:
         super().__init__()

@@ -81,6 +81,8 @@ class Maintenance:
         periods = {"catch_up": self.catch_up_seconds, "flush": self.flush_seconds, "check": self.check_seconds}
         tick = min(p for p in periods.values() if p > 0)
         while True:
+            if self.context.online_store.closed:
+                return  # the store was closed under us (an app never shut down): nothing to do
             now = time.monotonic()
             models = sorted({m for (m, result) in self.counters.counts() if result == "new"})
             for task, period in periods.items():

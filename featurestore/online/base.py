@@ -125,6 +125,11 @@ class OnlineStore(ABC):
         """
         self._unimplemented("compare_and_swap_blobs")
 
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` was called (every other call then raises)."""
+        return self._closed
+
     @abstractmethod
     def ping(self) -> None:
         """Raise StoreUnavailableError when the store cannot be reached."""

@@ -412,6 +412,17 @@ class ValueCodec:
         self._clean_header = self._prefix + b"\x00" * self._null_bytes
         self._shape = self._body.shape
         self._plain_size = self._body.plain_size
+        # Format-1 values are what every store written before format 2 holds: read them as fast
+        # as format 2 when they are known to be of this layout (``legacy_is_current``).
+        legacy = self._bodies.setdefault(LEGACY_FORMAT, _Body(self._fields, 1))
+        self._legacy_unpack = legacy.struct.unpack_from
+        self._legacy_shape = legacy.shape
+        self._legacy_plain_size = legacy.plain_size
+        self._legacy_clean = bytes([LEGACY_FORMAT]) + b"\x00" * self._null_bytes
+        #: Whether a format-1 value that fits this codec's dtypes is of this layout: true for a
+        #: codec without a layout history (what format-1 readers always did); a view's
+        #: ``LayoutTranslator`` sets it once the view's history shows it never changed.
+        self.legacy_is_current = other_layouts is None
         self._all_stale = frozenset(range(len(self._fields)))
         self._nothing = (None,) * len(self._fields)
         self._np_dtype = np.dtype(
@@ -432,13 +443,16 @@ class ValueCodec:
         >>> codec.decode(bytes.fromhex("0100070000000000803f00000040"))
         (7, (1.0, 2.0))
         """
-        try:
+        size = len(payload)
+        if size == self._plain_size:
             flat = self._unpack_from(payload)
-        except struct.error:
-            return self._decode_slow(payload)[0]
-        # One comparison covers format, layout id, "no nulls" and "no variable-width tail".
-        if flat[0] == self._clean_header and len(payload) == self._plain_size:
-            return self._shape(flat)
+            # One comparison covers format, layout id, "no nulls" and "no variable-width tail".
+            if flat[0] == self._clean_header:
+                return self._shape(flat)
+        elif size == self._legacy_plain_size and self.legacy_is_current:
+            flat = self._legacy_unpack(payload)
+            if flat[0] == self._legacy_clean:
+                return self._legacy_shape(flat)
         return self._decode_slow(payload)[0]
 
     def decode_status(self, payload: bytes) -> tuple[tuple[Any, ...], frozenset[int]]:
@@ -450,12 +464,15 @@ class ValueCodec:
         >>> ValueCodec(["int64", "float64"], ["a", "b"]).decode_status(old)
         ((None, None), frozenset({0, 1}))
         """
-        try:
+        size = len(payload)
+        if size == self._plain_size:
             flat = self._unpack_from(payload)
-        except struct.error:
-            return self._decode_slow(payload)
-        if flat[0] == self._clean_header and len(payload) == self._plain_size:
-            return self._shape(flat), _FRESH
+            if flat[0] == self._clean_header:
+                return self._shape(flat), _FRESH
+        elif size == self._legacy_plain_size and self.legacy_is_current:
+            flat = self._legacy_unpack(payload)
+            if flat[0] == self._legacy_clean:
+                return self._legacy_shape(flat), _FRESH
         return self._decode_slow(payload)
 
     def decode_many(self, payloads: Sequence[bytes | None]) -> list[tuple[Any, ...] | None]:

@@ -57,6 +57,8 @@ class LayoutTranslator:
         if current.names is None:
             raise DataError("a layout translator needs a codec with feature names")
         self.current = current
+        # Until the history is read, a format-1 value may be of an earlier layout of the same size.
+        current.legacy_is_current = False
         self._history = history
         self._known: list[_Known] | None = None
         self._by_id: dict[int, _Known] = {}
@@ -106,4 +108,7 @@ class LayoutTranslator:
         self._by_id = {k.codec.layout_id: k for k in known[1:]}  # type: ignore[misc]
         if history is not None:
             self._known = known
+            # A view that never changed: its format-1 values are of this layout, read on the
+            # codec's fast path from now on (the answer _legacy would give, without the search).
+            current.legacy_is_current = len(known) == 1
         return known

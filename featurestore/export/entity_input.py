@@ -8,7 +8,7 @@ for Parquet files, so a parallel scan cannot reorder them.
 
 Timestamps: a column with a time zone is converted to UTC; a naive one is taken to be UTC
 already; a DATE is midnight UTC; any unit (s, ms, us, ns) is accepted. Everything is kept at
-microsecond precision, nanoseconds rounded.
+microsecond precision, nanoseconds floored (never a later instant: no future leaks in).
 """
 
 from __future__ import annotations
@@ -135,18 +135,21 @@ def open_entity_input(con: Any, entity_df: Any) -> EntityInput:
 def timestamp_sql(column: str, duckdb_type: str) -> str:
     """SQL turning the entity timestamp column into a TIMESTAMPTZ (UTC); naive means UTC.
 
-    Nanoseconds are rounded to microseconds, the offline store's precision.
+    Nanoseconds are floored to microseconds, the offline store's precision: a label at
+    12:00:00.000000300 must not see a feature row of 12:00:00.000001 (rounding would leak it).
 
-    >>> timestamp_sql("ts", "TIMESTAMP_NS")
+    >>> timestamp_sql("ts", "TIMESTAMP")
     'timezone(\\'UTC\\', CAST("ts" AS TIMESTAMP))'
     >>> timestamp_sql("ts", "TIMESTAMPTZ_NS")
-    'CAST("ts" AS TIMESTAMPTZ)'
+    'timezone(\\'UTC\\', make_timestamp((epoch_ns("ts") - (epoch_ns("ts") % 1000 + 1000) % 1000) // 1000))'
     """
     if duckdb_type in _AWARE_TIME_TYPES:
         return quote(column)
-    if duckdb_type in _AWARE_NS_TIME_TYPES:
-        # An instant to an instant: the session's time zone plays no part.
-        return f"CAST({quote(column)} AS TIMESTAMPTZ)"
+    if duckdb_type in _AWARE_NS_TIME_TYPES or duckdb_type == "TIMESTAMP_NS":
+        # An instant to an instant: the session's time zone plays no part. The remainder made
+        # non-negative first, so instants before 1970 are floored too (`%` truncates).
+        ns = f"epoch_ns({quote(column)})"
+        return f"timezone('UTC', make_timestamp(({ns} - ({ns} % 1000 + 1000) % 1000) // 1000))"
     if duckdb_type in _NAIVE_TIME_TYPES:
         return f"timezone('UTC', CAST({quote(column)} AS TIMESTAMP))"
     raise UserError(
@@ -207,12 +210,12 @@ def _in_memory(entity_df: Any) -> Any:
 
 
 def _round_aware_nanoseconds(frame: Any) -> Any:
-    """``frame`` with its time-zone-aware nanosecond columns rounded to microseconds.
+    """``frame`` with its time-zone-aware nanosecond columns floored to microseconds.
 
     DuckDB's pandas scan reads ``datetime64[ns, tz]`` (pandas' default) as microseconds by
-    truncating, where Parquet, Arrow and naive pandas columns are rounded; rounding here first
-    makes every input give the same instant (pandas rounds an exact half microsecond to even,
-    DuckDB away from zero: only such ties can still differ, by one microsecond)."""
+    truncating toward zero, which for instants before 1970 is a ceiling; flooring here first
+    makes every input give the same instant as ``timestamp_sql``'s floor, and never a later one.
+    """
     import pandas as pd
 
     aware = [
@@ -221,10 +224,10 @@ def _round_aware_nanoseconds(frame: Any) -> Any:
     ]
     if not aware:
         return frame
-    rounded = frame.copy(deep=False)
+    floored = frame.copy(deep=False)
     for column in aware:
-        rounded[column] = frame[column].dt.round("us")
-    return rounded
+        floored[column] = frame[column].dt.floor("us")
+    return floored
 
 
 def _parquet_files(path: str) -> list[str]:

@@ -21,10 +21,11 @@ from tests.export.reference import View, reference_join
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 DAYS = 10
 ROWS = 12
-# A fraction of a second in each unit; nanoseconds round to the nearest microsecond (.250001).
+# A fraction of a second in each unit; nanoseconds are floored to the microsecond (.250000600 ->
+# .250000: rounding up would let a label see a feature row from its future).
 FRACTION = {"s": 0, "ms": 250, "us": 250_001, "ns": 250_000_600}
 FACTOR = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
-EXPECTED_MICROS = {"s": 0, "ms": 250_000, "us": 250_001, "ns": 250_001}
+EXPECTED_MICROS = {"s": 0, "ms": 250_000, "us": 250_001, "ns": 250_000}
 TIME_TYPES = [pa.timestamp(unit, tz) for unit in FACTOR for tz in (None, "UTC", "Europe/Paris")]
 DATE_TYPES = [pa.date32(), pa.date64()]
 

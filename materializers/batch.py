@@ -335,13 +335,17 @@ def _original(exc: BaseException) -> BaseException:
     return seen
 
 
-def _counters(result: Any) -> dict[str, int]:
+def _counters(result: Any) -> dict[str, int] | None:
+    """The job's counters, read once it has ended; None when the runner reports no metrics."""
     from apache_beam.metrics.metric import MetricsFilter
 
     from materializers.metrics import METRICS_NAMESPACE
 
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    except NotImplementedError:
+        return None
     out: dict[str, int] = {}
-    found = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
     for counter in found["counters"]:
         value = counter.committed if counter.committed is not None else counter.attempted
         out[counter.key.metric.name] = out.get(counter.key.metric.name, 0) + int(value or 0)
@@ -351,45 +355,63 @@ def _counters(result: Any) -> dict[str, int]:
 def _run(
     store: FeatureStore, run: ViewRun, pipeline_args: Sequence[str], progress: bool, version: int
 ) -> ViewSummary:
-    from apache_beam.runners.runner import PipelineState
+    """One view's job: submit, wait once, read metrics after the end, verify the stores, then
+    record (materializers/lifecycle.py, verify.py)."""
+    from materializers.lifecycle import Runner, StagingWatch, run_to_end
+    from materializers.verify import verify_run
 
     view = run.schema.view
+    Runner.check_options(pipeline_args)
+    pipeline = make_pipeline(pipeline_args)
+    runner = Runner.of(pipeline, pipeline_args)
+    online = store.online_store if run.schema.online else None
+    if online is not None and not runner.in_process and not online.multi_process:
+        raise UserError(
+            f"the {online.kind} online store lives in this process; workers of {runner.name} "
+            "cannot write it",
+            hint="use online_store type embedded (one machine) or redis with this runner",
+        )
     # Left-overs of crashed runs of this view; one run per view at a time is assumed.
     shutil.rmtree(run.staging_root, ignore_errors=True)
     run.staging_dir.mkdir(parents=True)
     from materializers.batch_panes import BatchPanes
 
     panes = BatchPanes.plan(store, run)  # None unless aggregated with a stream_source
-    pipeline = make_pipeline(pipeline_args)
     build_view_pipeline(pipeline, run, progress_key=run.run_id, panes=panes)
     started = time.monotonic()
     with ProgressDisplay(run.run_id, view, enabled=progress) as display:
+        files = None
+        if progress and not runner.in_process:  # the board stays empty: read the shared files
+            files = StagingWatch(
+                run.staging_dir, layout.view_dir(run.offline_path, run.project, view)
+            )
         try:
-            result = pipeline.run()
-            while not PipelineState.is_terminal(result.state):
-                result.wait_until_finish(duration=2_000)
-                display.update(_counters(result))
+            result = run_to_end(
+                pipeline,
+                runner,
+                view,
+                watch=None if files is None else lambda: display.update(files()),
+            )
         except FeatureStoreError as exc:
             raise _original(exc) from None
+        counters = _counters(result)  # after the end: a running portable job answers empty
+        if counters is not None:
+            display.update(counters)
+    # The stores, not the runner, say what was written; nothing is recorded unless they agree.
+    counts = verify_run(run, online, counters).counts(counters)
     seconds = time.monotonic() - started
-    if result.state != PipelineState.DONE:
-        raise FeatureStoreError(
-            f"the pipeline of feature view {view!r} ended in state {result.state}",
-            hint="see the runner's logs; the watermark did not move, so re-running is safe",
-        )
     if panes is not None:
         panes.publish(store.online_store)
-    counts = _counters(result)
     shutil.rmtree(run.staging_root, ignore_errors=True)
     try:
         run.staging_root.parent.rmdir()  # `_staging` itself, once no view has a run going
     except OSError:
         pass
-    rejected = counts.get("rows_rejected", 0)
+    rejected = counts["rows_rejected"]
     # Without a watermark, or when the run starts at or before it, the data up to `end` is in
     # both stores now; a run that leaves a gap after the watermark must not move it.
     advance = run.watermark is None or run.interval.start <= run.watermark
-    if counts.get("rows_online", 0):
+    if counts["rows_online"]:
         from featurestore.online.epoch import ensure_epoch
 
         ensure_epoch(store.online_store)  # lasting content: its loss must be noticed
@@ -397,9 +419,9 @@ def _run(
         view,
         run.interval.start,
         run.interval.end,
-        rows_read=counts.get("rows_read", 0),
-        rows_offline=counts.get("rows_offline", 0),
-        rows_online=counts.get("rows_online", 0),
+        rows_read=counts["rows_read"],
+        rows_offline=counts["rows_offline"],
+        rows_online=counts["rows_online"],
         rows_rejected=rejected,
         registry_version=version,
         advance_watermark=advance,
@@ -409,9 +431,9 @@ def _run(
         run_id=run.run_id,
         start=run.interval.start,
         end=run.interval.end,
-        rows_read=counts.get("rows_read", 0),
-        rows_offline=counts.get("rows_offline", 0),
-        rows_online=counts.get("rows_online", 0),
+        rows_read=counts["rows_read"],
+        rows_offline=counts["rows_offline"],
+        rows_online=counts["rows_online"],
         rows_rejected=rejected,
         seconds=seconds,
         rejects_path=str(run.rejects_target) if rejected else None,

@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import apache_beam as beam
 import numpy as np
@@ -57,8 +57,17 @@ from materializers.schema import EVENT_TS, ViewSchema
 from registry.errors import ConflictError
 
 if TYPE_CHECKING:
+    from featurestore.sources.base import Interval
     from featurestore.store import FeatureStore
-    from materializers.batch import ViewRun
+
+
+class ViewRun(Protocol):
+    """What the hand-over needs of a batch run (``materializers.batch.ViewRun`` has it; named
+    here, not imported, so the batch job and this module do not import each other)."""
+
+    schema: ViewSchema
+    interval: Interval
+    run_id: str
 
 __all__ = ["BatchPanes", "Published", "StageBatchPanes"]
 

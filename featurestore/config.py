@@ -90,7 +90,7 @@ class ServerConfig(_Section):
     tokens: list[TokenConfig] = Field(
         default_factory=list,
         description="Bearer tokens with roles; create with `featurestore token create`. None: "
-        "the server binds to 127.0.0.1 only.",
+        "`featurestore serve` refuses any host but loopback.",
     )
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)

@@ -5,7 +5,7 @@ rollback). Tokens are configured as SHA-256 digests (``server.tokens`` in featur
 a presented token is hashed and compared with every configured digest using
 ``hmac.compare_digest``, so the comparison time does not depend on how much of it matched.
 ``/health``, ``/metrics`` and the API docs stay open. With no tokens configured the server does
-not check anything, and ``featurestore serve`` then binds to 127.0.0.1 only.
+not check anything, and ``featurestore serve`` then refuses any host but loopback.
 
 A token is refused (401) when it is unknown, past its ``expires_at``, or revoked
 (``featurestore token revoke``, a row in the registry database). ``TokenAuth.watching`` keeps

@@ -164,7 +164,7 @@ def _list(tokens: list[TokenConfig], engine: Any, project: str, fmt: str) -> int
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        print("No tokens: server.tokens is empty (the server checks nothing and binds to 127.0.0.1 only).")
+        print("No tokens: server.tokens is empty (the server checks nothing and serves on loopback only).")
         print("Create one with `featurestore token create --name NAME --roles read`.")
         return 0
     print(f"{'name':24}  {'sha256':12}  {'roles':17}  {'expires at (UTC)':20}  {'state':8}  note")

@@ -85,6 +85,12 @@ class LayoutTranslator:
         chosen, values = fitting[0]
         trusted = len(chosen.pairs)
         for other, _ in fitting[1:]:
+            if _bitmap(other) != _bitmap(chosen) or _fixed(other) != _fixed(chosen):
+                # Another null-bitmap width shifts every field (9 features against 7 can give
+                # the same total size), and another fixed section shifts a variable-width
+                # value's tail: no feature sits at the same bytes in both.
+                trusted = 0
+                break
             common = 0
             for a, b in zip(chosen.pairs, other.pairs):
                 if a != b:
@@ -112,3 +118,13 @@ class LayoutTranslator:
             # codec's fast path from now on (the answer _legacy would give, without the search).
             current.legacy_is_current = len(known) == 1
         return known
+
+
+def _bitmap(layout: _Known) -> int:
+    """Bytes of a format-1 value's null bitmap under ``layout``."""
+    return (len(layout.pairs) + 7) // 8
+
+
+def _fixed(layout: _Known) -> int:
+    """Bytes of the fixed section under ``layout`` (where a variable-width value's tail starts)."""
+    return layout.codec.fixed_size - layout.codec.header_size

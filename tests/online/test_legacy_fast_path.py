@@ -34,3 +34,16 @@ def test_a_changed_view_keeps_format_1_on_the_history_rules() -> None:
 def test_a_codec_without_history_reads_format_1_as_its_own_layout() -> None:
     old = ValueCodec(DTYPES).encode_row([2.0, None])
     assert ValueCodec(DTYPES, ["a", "b"]).decode_status(old) == ((2.0, None), frozenset())
+
+
+def test_another_bitmap_width_of_the_same_size_trusts_nothing() -> None:
+    """9 features (a 2-byte null bitmap) and 7 (1 byte) can give format-1 values of one size:
+    every field sits a byte apart, so a shared prefix of names proves nothing (review 2a)."""
+    old = ([*"abcdef", "p", "q", "r"], ["int64"] * 6 + ["bool"] * 3)
+    new = ([*"abcdef", "x"], ["int64"] * 6 + ["int32"])
+    payload = ValueCodec(old[1]).encode_row([1, 2, 3, 4, 5, 6, True, False, True])
+    assert len(payload) == len(ValueCodec(new[1]).encode_row([1, 2, 3, 4, 5, 6, 7]))
+    codec = ValueCodec(new[1], new[0])
+    codec.other_layouts = LayoutTranslator(codec, lambda: [new, old])
+    values, stale = codec.decode_status(payload)
+    assert stale == frozenset(range(7)) and values == (None,) * 7  # never (256, 512, ...) as present

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -69,17 +70,28 @@ class CatchUpResult:
 
 
 class _Artifacts:
-    """Read each version's artifact once per process (the trained states are immutable)."""
+    """Read each version's artifact once per process (the trained states are immutable). Only
+    the few most recently used are kept: an artifact holds every trained user's state, and a
+    process that healed many versions over its life must not keep them all."""
+
+    KEEP = 4
 
     def __init__(self) -> None:
         self._cache: dict[str, tuple[Any, np.ndarray, dict[bytes, Any]]] = {}
+        self._lock = threading.Lock()  # the maintenance thread and /health's guard both read
 
     def get(self, context: ServiceContext, model: str, version: int) -> tuple[Any, np.ndarray, dict[bytes, Any]]:
         path = context.model_versions.get(model, version).artifact
-        if path not in self._cache:
+        with self._lock:
+            found = self._cache.pop(path, None)
+        if found is None:
             _, layout, w_avg, base = read_artifact(Path(path))
-            self._cache[path] = (layout, w_avg, base)
-        return self._cache[path]
+            found = (layout, w_avg, base)
+        with self._lock:
+            while len(self._cache) >= self.KEEP:
+                self._cache.pop(next(iter(self._cache)))  # the least recently used
+            self._cache[path] = found  # (re)inserted: now the most recently used
+        return found
 
 
 _ARTIFACTS = _Artifacts()

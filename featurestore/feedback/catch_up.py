@@ -137,15 +137,27 @@ def catch_up(
 def rebuild_version(context: ServiceContext, model: str, version: int) -> CatchUpResult:
     """After the online store lost a version's states: restore its trained states, which flags
     every logged row of the version pending again (``restore_version``), then rebuild at once
-    every user whose rows are all older than the catch-up's wait. Users with a recent row wait
-    for the regular catch-up (at most ``CATCH_UP_AFTER_SECONDS``), which also finishes the job
-    if this process dies halfway: the flags are in the database."""
+    every user of the version in the log, except those with a recent pending row (maybe in
+    flight). Those wait for the regular catch-up (at most ``CATCH_UP_AFTER_SECONDS``), which also
+    finishes the job if this process dies halfway: the flags are in the database.
+
+    Every user, not only the flagged ones: an "applied" mark queued before the restore (another
+    process's, cleared in the next 0.1 s) can clear a flag the restore just set."""
+    import sqlalchemy as sa
+
     from featurestore.models.artifacts import restore_version
+    from registry import tables as t
 
     restore_version(context, model, version)
     log = FeedbackLog(context.engine, context.project)
     cutoff = datetime.now(timezone.utc) - timedelta(seconds=CATCH_UP_AFTER_SECONDS)
-    keys = [u for m, v, u in log.pending_users(cutoff) if (m, v) == (model, version)]
+    f = t.feedback
+    with context.engine.connect() as conn:
+        keys = list(conn.execute(
+            sa.select(f.c.user_key).distinct().where(
+                f.c.project == context.project, f.c.model == model, f.c.model_version == version
+            ).order_by(f.c.user_key)
+        ).scalars())
     users = rows = waiting = 0
     for start in range(0, len(keys), _CHUNK):
         u, r, w = _rebuild(context, log, model, version, keys[start : start + _CHUNK], cutoff)

@@ -12,7 +12,7 @@ complete. Memory per date follows the (entity, pane) partials feeding it, not th
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -64,17 +64,24 @@ class _PartialsByDateFn(beam.DoFn):
 
 
 class _WindowsOfDayFn(beam.DoFn):
-    def __init__(self, schema: ViewSchema, lo: int, hi: int) -> None:
+    def __init__(
+        self, schema: ViewSchema, lo: int, hi: int, limit: Callable[[Any], int | None] | None = None
+    ) -> None:
         self.schema = schema
         self.lo, self.hi = lo, hi
+        self.limit = limit
 
-    def process(self, element: tuple[str, Any]) -> Iterator[tuple[str, pa.Table]]:
+    def process(self, element: tuple[str, Any], bound: Any = None) -> Iterator[tuple[str, pa.Table]]:
+        hi = self.hi
+        if self.limit is not None:
+            cap = self.limit(bound)
+            hi = hi if cap is None else min(hi, cap)
         day, parts = element
         tables = [p for p in parts if p is not None]
         partials = pa.concat_tables(tables) if tables else partial_schema(self.schema).empty_table()
         start = datetime.combine(date.fromisoformat(day), datetime.min.time(), timezone.utc)
         day_lo, day_hi = window_ends(_us(start), _us(start + timedelta(days=1)), self.schema)
-        rows = window_rows(partials, self.schema, lo=max(self.lo, day_lo), hi=min(self.hi, day_hi))
+        rows = window_rows(partials, self.schema, lo=max(self.lo, day_lo), hi=min(hi, day_hi))
         yield day, rows
 
 
@@ -96,11 +103,20 @@ class AggregateByDate(beam.PTransform):
     >>> days = valid | AggregateByDate(schema, interval, run.days)  # doctest: +SKIP
     """
 
-    def __init__(self, schema: ViewSchema, interval: Interval, days: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        schema: ViewSchema,
+        interval: Interval,
+        days: Sequence[str] = (),
+        limit: tuple[beam.PCollection, Callable[[Any], int | None]] | None = None,
+    ) -> None:
         super().__init__()
         self.schema = schema
         self.lo, self.hi = window_ends(_us(interval.start), _us(interval.end), schema)
         self.days = list(days)
+        # (a singleton PCollection, its value -> the first window end index not to emit):
+        # the lambda hand-over's limit (materializers/batch_panes.py, ``window_limit``).
+        self.limit = limit
 
     def expand(self, valid: beam.PCollection) -> beam.PCollection:
         routed = valid | "Partials" >> beam.ParDo(_PartialsByDateFn(self.schema, self.lo, self.hi))
@@ -109,5 +125,14 @@ class AggregateByDate(beam.PTransform):
             (routed, known)
             | "All" >> beam.Flatten()
             | "ByDate" >> beam.GroupByKey()
-            | "Windows" >> beam.ParDo(_WindowsOfDayFn(self.schema, self.lo, self.hi))
+            | "Windows" >> self._windows()
+        )
+
+    def _windows(self) -> beam.ParDo:
+        if self.limit is None:
+            return beam.ParDo(_WindowsOfDayFn(self.schema, self.lo, self.hi))
+        bound, limit = self.limit
+        return beam.ParDo(
+            _WindowsOfDayFn(self.schema, self.lo, self.hi, limit),
+            beam.pvalue.AsSingleton(bound, default_value=None),
         )

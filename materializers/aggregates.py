@@ -27,7 +27,7 @@ add the same numbers in a different grouping.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -318,9 +318,11 @@ def _jsonable(field: pa.Field, values: list[Any]) -> list[Any]:
     return values
 
 
-def partials_to_json(partials: pa.Table, schema: ViewSchema) -> list[list[Any]]:
-    """Each partial row (without its pane) as a JSON-able list; timestamps as int microseconds,
-    bytes as base64. Floats keep every bit through ``json`` (it writes ``repr``)."""
+def partials_to_json(partials: pa.Table, schema: ViewSchema) -> list[dict[str, Any]]:
+    """Each partial row (without its pane) as a JSON-able object keyed by column name;
+    timestamps as int microseconds, bytes as base64. Floats keep every bit through ``json`` (it
+    writes ``repr``). Keyed by name, not position, so a state written before a feature was
+    added, removed or reordered still reads (``partials_from_json``)."""
     target = partial_schema(schema)
     names = [f for f in target if f.name != PANE]
     columns = []
@@ -329,22 +331,46 @@ def partials_to_json(partials: pa.Table, schema: ViewSchema) -> list[list[Any]]:
         if pa.types.is_timestamp(field.type):
             column = pc.cast(column, pa.int64())
         columns.append(_jsonable(field, column.to_pylist()))
-    return [list(row) for row in zip(*columns)]
+    keys = [f.name for f in names]
+    return [dict(zip(keys, row)) for row in zip(*columns)]
+
+
+def _positional(row: Sequence[Any], names: list[pa.Field], schema: ViewSchema) -> dict[str, Any]:
+    """A row of the positional format (before partials were keyed by name): keys, events and
+    latest created sit at fixed places whatever the features; the features' fields are trusted
+    only when the row has exactly the current number of fields (else the layout changed since,
+    and they read as missing)."""
+    fixed = len(schema.key_names) + 2
+    if len(row) == len(names):
+        return {f.name: v for f, v in zip(names, row)}
+    return {f.name: v for f, v in zip(names[:fixed], row[:fixed])}
 
 
 def partials_from_json(
-    rows: Sequence[Sequence[Any]], panes: Sequence[int], schema: ViewSchema
+    rows: Sequence[Mapping[str, Any] | Sequence[Any]], panes: Sequence[int], schema: ViewSchema
 ) -> pa.Table:
-    """The inverse of ``partials_to_json``, with each row's pane given beside it."""
+    """The inverse of ``partials_to_json``, with each row's pane given beside it.
+
+    A field the row lacks (a feature added since it was written) or whose value no longer fits
+    its type (a retyped feature) is missing: counts 0, the other fields null, so the feature
+    counts only the events seen since, until a batch run rewrites the panes (the plan's
+    backfill). Fields of removed features are ignored."""
     target = partial_schema(schema)
     names = [f for f in target if f.name != PANE]
+    objects = [r if isinstance(r, Mapping) else _positional(r, names, schema) for r in rows]
     columns: dict[str, Any] = {PANE: pa.array(list(panes), pa.int64())}
-    for i, field in enumerate(names):
-        values = [row[i] for row in rows]
+    for field in names:
+        values = [row.get(field.name) for row in objects]
         if pa.types.is_binary(field.type):
             values = [None if v is None else base64.b64decode(v) for v in values]
-        if pa.types.is_timestamp(field.type):
-            columns[field.name] = pa.array(values, pa.int64()).cast(field.type)
-        else:
-            columns[field.name] = pa.array(values, field.type)
+        try:
+            if pa.types.is_timestamp(field.type):
+                column = pa.array(values, pa.int64()).cast(field.type)
+            else:
+                column = pa.array(values, field.type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            column = pa.nulls(len(values), field.type)
+        if field.name == EVENTS or field.name.endswith("__n"):
+            column = pc.fill_null(column, 0)
+        columns[field.name] = column
     return pa.table([columns[f.name] for f in target], schema=target)

@@ -160,9 +160,12 @@ def build_view_pipeline(
         valid, rejects = batches | "Validate" >> ValidateAndCast(
             s.event_schema(), read_interval(s, run.interval)
         )
-        days = valid | "Aggregate" >> AggregateByDate(s, run.interval, run.days)
+        limit = None
         if panes is not None:  # a stream_source: hand the stream job this run's panes
-            _ = valid | "StagePanes" >> panes.stage()
+            newest = valid | "Newest" >> panes.newest()
+            _ = valid | "StagePanes" >> panes.stage(newest)
+            limit = (newest, panes.window_limit)
+        days = valid | "Aggregate" >> AggregateByDate(s, run.interval, run.days, limit)
     else:
         valid, rejects = batches | "Validate" >> ValidateAndCast(s, run.interval)
         days = valid | "Deduplicate" >> DeduplicateByPartition(
@@ -400,8 +403,14 @@ def _run(
     # The stores, not the runner, say what was written; nothing is recorded unless they agree.
     counts = verify_run(run, online, counters).counts(counters)
     seconds = time.monotonic() - started
+    end = run.interval.end
     if panes is not None:
+        panes = panes.resolved(panes.read_newest_once())
         panes.publish(store.online_store)
+        # A view the stream job completes is materialized up to the newest event the batch read
+        # (the windows after it are the stream job's): the watermark stays there, so the next
+        # incremental run reads back to B and can move it (docs/streaming.md, "Batch and stream").
+        end = max(run.interval.start, min(end, panes.covered_until()))
     shutil.rmtree(run.staging_root, ignore_errors=True)
     try:
         run.staging_root.parent.rmdir()  # `_staging` itself, once no view has a run going
@@ -418,7 +427,7 @@ def _run(
     store.materialization_log.record(
         view,
         run.interval.start,
-        run.interval.end,
+        end,
         rows_read=counts["rows_read"],
         rows_offline=counts["rows_offline"],
         rows_online=counts["rows_online"],
@@ -430,7 +439,7 @@ def _run(
         view=view,
         run_id=run.run_id,
         start=run.interval.start,
-        end=run.interval.end,
+        end=end,
         rows_read=counts["rows_read"],
         rows_offline=counts["rows_offline"],
         rows_online=counts["rows_online"],

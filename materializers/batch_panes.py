@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -69,7 +69,7 @@ class ViewRun(Protocol):
     interval: Interval
     run_id: str
 
-__all__ = ["BatchPanes", "Published", "StageBatchPanes"]
+__all__ = ["BatchPanes", "NewestEvent", "Published", "StageBatchPanes"]
 
 #: The stream job's default allowed lateness, when no stream job has recorded its own.
 DEFAULT_LATENESS_SECONDS = 3_600
@@ -81,7 +81,9 @@ _CHUNK = 10_000
 # then (bpane, bstage) per staged pane, then the stream's panes that are now wholly the batch's.
 # ARGV: 1 expected version, 2 B, 3 run, 4 which pair is B's pane (0: none), 5 '1' when B's
 # pane is the previous B's, 6 pairs, 7 stream panes, then per pair its expiry (ms), then the
-# window ends to mark (count first), then the oldest window end worth a mark.
+# window ends to mark (count first), then the oldest window end worth a mark, then where the
+# batch's offline rows start on a first hand-over ('' otherwise): the stream job prunes its
+# files from there, not from the epoch; then where they end (B, or later: window_limit).
 _PUBLISH = """
 if (redis.call('HGET', KEYS[1], 'version') or '0') ~= ARGV[1] then return {'moved'} end
 local straddle, same = tonumber(ARGV[4]), ARGV[5] == '1'
@@ -119,8 +121,16 @@ for _, w in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[pos 
   redis.call('HDEL', KEYS[3], w)
 end
 redis.call('HSET', KEYS[1], 'at', ARGV[2], 'run', ARGV[3])
+if ARGV[pos + n_win + 2] ~= '' then redis.call('HSET', KEYS[1], 'from', ARGV[pos + n_win + 2]) end
+redis.call('HSET', KEYS[1], 'until', ARGV[pos + n_win + 3])
 return {'ok', redis.call('HINCRBY', KEYS[1], 'version', 1)}
 """
+
+
+def _dt(value_us: int) -> datetime:
+    from datetime import timedelta, timezone
+
+    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=value_us)
 
 
 def _us(value: datetime) -> int:
@@ -162,12 +172,22 @@ class BatchPanes:
     hi: int
     straddle: bool
     lateness_us: int
+    #: What the cut is decided from: the run's end (never after now), the oldest event time it
+    #: reads, the oldest pane the stream job may still read, where its offline rows start.
+    end_us: int = 0
+    read_lo: int = 0
+    retained_lo: int = 0
+    offline_start_us: int = 0
+    #: The newest event time the run read (None: none), once known (``resolved``).
+    newest_us: int | None = None
+    resolved_: bool = False
 
     # -- planning --------------------------------------------------------------------------------
     @classmethod
     def plan(cls, store: FeatureStore, run: ViewRun, now_us: int | None = None) -> BatchPanes | None:
         """The hand-over of ``run`` (None unless the view aggregates and has a stream_source):
-        reads the published boundary and the stream job's allowed lateness."""
+        reads the published boundary and the stream job's allowed lateness. The cut planned
+        here is an upper bound: ``resolved`` lowers it to what the run actually read."""
         from featurestore.streams.redis_streams import connect
         from materializers.stream_state import Boundary, state_prefix
 
@@ -191,10 +211,33 @@ class BatchPanes:
         now = now_us if now_us is not None else time.time_ns() // 1000
         step = slide_us(s)
         k_max = max(a.panes for a in s.aggregates)
-        # The batch cannot have seen events after now: a run ending later hands over at now.
-        end = min(_us(run.interval.end), now)
-        read_lo = _us(run.interval.start) - s.max_window_seconds * 1_000_000
-        old = boundary.at_us
+        lateness_panes = -(-lateness * 1_000_000 // step)
+        start = _us(run.interval.start)
+        base = cls(
+            schema=s,
+            project=store.project,
+            stream_url=url,
+            stream=source.stream,
+            run_id=run.run_id,
+            version=boundary.version,
+            old_at=boundary.at_us,
+            cut_us=0,
+            lo=0,
+            hi=0,
+            straddle=False,
+            lateness_us=lateness * 1_000_000,
+            # The batch cannot have seen events after now: a run ending later hands over at now.
+            end_us=min(_us(run.interval.end), now),
+            read_lo=start - s.max_window_seconds * 1_000_000,
+            retained_lo=now // step + 1 - k_max - lateness_panes - 1,
+            offline_start_us=start,
+        )
+        return base._cut_at(base.end_us)
+
+    def _cut_at(self, end: int) -> BatchPanes:
+        """This hand-over with its cut decided for a run whose events end before ``end``."""
+        step = slide_us(self.schema)
+        old, read_lo = self.old_at, self.read_lo
         if old is None:
             cut = end
         elif end >= old and read_lo <= old // step * step:
@@ -205,30 +248,48 @@ class BatchPanes:
             cut = end if end // step > old // step or old % step == 0 else old
         else:
             cut = old
-        lateness_panes = -(-lateness * 1_000_000 // step)
-        retained_lo = now // step + 1 - k_max - lateness_panes - 1
-        lo = max(-(-read_lo // step), retained_lo)
+        lo = max(-(-read_lo // step), self.retained_lo)
         hi = min(end // step, cut // step)
         straddle = (
             cut % step != 0
             and end >= cut
             and read_lo <= cut // step * step
-            and cut // step >= retained_lo
+            and cut // step >= self.retained_lo
         )
-        return cls(
-            schema=s,
-            project=store.project,
-            stream_url=url,
-            stream=source.stream,
-            run_id=run.run_id,
-            version=boundary.version,
-            old_at=old,
-            cut_us=cut,
-            lo=lo,
-            hi=max(lo, hi),
-            straddle=straddle,
-            lateness_us=lateness * 1_000_000,
-        )
+        return replace(self, cut_us=cut, lo=lo, hi=max(lo, hi), straddle=straddle)
+
+    def resolved(self, newest_us: int | None) -> BatchPanes:
+        """The hand-over once the run has read its events, ``newest_us`` the newest event time
+        among them (None: none). B moves no further than just after it: a batch source holds
+        events up to some time, not up to the run's end (the default end is now), and every
+        event after B is the stream job's. A run that read nothing moves nothing."""
+        if self.resolved_:
+            return self
+        if newest_us is None:
+            end = self.read_lo if self.old_at is None else min(self.end_us, self.old_at)
+        else:
+            end = min(self.end_us, newest_us + 1)
+        out = replace(self._cut_at(end), newest_us=newest_us, resolved_=True)
+        if not out.publishes:
+            out = replace(out, lo=out.hi, straddle=False)  # nothing to hand over, B unset
+        return out
+
+    @property
+    def first_reaches_back(self) -> bool:
+        """A first hand-over makes every event before B the batch job's, also those of the
+        panes the stream job still reads that this run did not read (it starts later) and that
+        the stream job has yet to see: so it happens only for a run that read back to the
+        oldest such pane (review finding 1c)."""
+        return self.read_lo <= self.retained_lo * self.step
+
+    @property
+    def publishes(self) -> bool:
+        """False when B stays unset: a first hand-over of a run that read nothing, or that does
+        not reach back to the panes the stream job still reads (the stream job keeps every
+        event; the run writes its rows like a run of a view without a stream)."""
+        if not self.resolved_ or self.old_at is not None:
+            return True
+        return self.newest_us is not None and self.first_reaches_back
 
     @property
     def step(self) -> int:
@@ -273,9 +334,29 @@ class BatchPanes:
             return partial_schema(self.schema).empty_table()
         return pane_partials(events.filter(pa.array(keep)), self.schema)
 
-    def stage(self) -> StageBatchPanes:
+    def newest(self) -> NewestEvent:
+        """The pipeline step: validated events -> the newest event time read."""
+        return NewestEvent(self)
+
+    def stage(self, newest: beam.PCollection) -> StageBatchPanes:
         """The pipeline step: validated events -> this run's staged partials."""
-        return StageBatchPanes(self)
+        return StageBatchPanes(self, newest)
+
+    @property
+    def stream_from(self) -> int:
+        """The first window end index the stream job can still compute: every pane of the
+        window is one it keeps (``retained_lo``, as planned)."""
+        return self.retained_lo + max(a.panes for a in self.schema.aggregates)
+
+    def window_limit(self, newest: int | None) -> int | None:
+        """The first window end index the batch job must not write offline: a window ending
+        after the newest event it read may hold events only the stream job has seen, so the
+        stream job writes it, unless some of its panes are older than the stream job keeps (a
+        source that lags the stream by more than the allowed lateness): those windows are the
+        batch job's, from its events (docs/streaming.md). None: no limit."""
+        if newest is None:
+            return None
+        return max(-(-(newest + 1) // self.step), self.stream_from)
 
     def write_stage(self, client: Any, pane: int, partials: pa.Table) -> int:
         """Write one pane's merged partials to its staging hash; returns the entities."""
@@ -304,66 +385,108 @@ class BatchPanes:
         so a batch correction reaches online values the stream job wrote with a later event
         time, running or not. None when there was nothing to hand over."""
         from featurestore.streams.redis_streams import connect
-        from materializers.stream_state import PaneStore
 
-        if not self.panes and not self.moves:
-            return None
         now = now_us if now_us is not None else time.time_ns() // 1000
-        s = self.schema
-        lateness_s = self.lateness_us // 1_000_000
         client = connect(self.stream_url)
         try:
-            state = PaneStore(client, self.stream_url, self.stream, s, self.project, lateness_s)
-            retained_lo, _ = state.retained_panes(now)
-            panes = self.panes
-            key_names = [
-                state.boundary_key,
-                state.windows_key,
-                state.versions_key,
-                state.pane_key(self.straddle_pane),
-            ]
-            for p in panes:
-                key_names += [state.bpane_key(p), self.stage_key(p)]
-            gone: list[int] = []
-            if self.moves:
-                first = retained_lo if self.old_at is None else max(retained_lo, self.old_at // self.step)
-                gone = list(range(first, self.straddle_pane))
-            key_names += [state.pane_key(p) for p in gone]
-            c = self.straddle_pane
-            same = self.old_at is not None and self.old_at // self.step == c
-            args: list[Any] = [
-                self.version,
-                self.cut_us,
-                self.run_id,
-                len(panes) if self.straddle else 0,
-                "1" if same else "0",
-                len(panes),
-                len(gone),
-                *(state.expire_ms(p) for p in panes),
-            ]
-            # Windows from B on that read batch panes: the stream job (re)writes them offline.
-            windows = list(range(-(-self.cut_us // self.step), c + state.k_max + 1))
-            args += [len(windows), *windows, retained_lo]
-            with _guard(self.stream_url, self.stream, "publishing the batch boundary"):
-                reply = client.register_script(_PUBLISH)(keys=key_names, args=args)
-            if _text(reply[0]) == "moved":
-                raise ConflictError(
-                    f"another batch run of feature view {s.view!r} handed its panes to the "
-                    "stream job while this one ran",
-                    hint="run one materialization of a view at a time; re-run this one",
-                )
-            version = int(reply[1])
-            written = 0
-            if online_store is not None and s.online:
-                from materializers.online_write import OnlineWriter, latest_per_entity
-
-                rows = state.latest_rows(None, retained_lo, now)
-                if rows.num_rows:
-                    writer = OnlineWriter(s, online_store)
-                    written = sum(writer.write(latest_per_entity(rows, s)))
+            if not self.resolved_:
+                return self.resolved(self.read_newest(client))._publish(client, online_store, now)
+            return self._publish(client, online_store, now)
         finally:
             client.close()
+
+    def _publish(self, client: Any, online_store: Any, now: int) -> Published | None:
+        from materializers.stream_state import PaneStore
+
+        if not self.publishes or (not self.panes and not self.moves):
+            return None
+        s = self.schema
+        lateness_s = self.lateness_us // 1_000_000
+        state = PaneStore(client, self.stream_url, self.stream, s, self.project, lateness_s)
+        retained_lo, _ = state.retained_panes(now)
+        panes = self.panes
+        key_names = [
+            state.boundary_key,
+            state.windows_key,
+            state.versions_key,
+            state.pane_key(self.straddle_pane),
+        ]
+        for p in panes:
+            key_names += [state.bpane_key(p), self.stage_key(p)]
+        gone: list[int] = []
+        if self.moves:
+            first = retained_lo if self.old_at is None else max(retained_lo, self.old_at // self.step)
+            gone = list(range(first, self.straddle_pane))
+        key_names += [state.pane_key(p) for p in gone]
+        c = self.straddle_pane
+        same = self.old_at is not None and self.old_at // self.step == c
+        args: list[Any] = [
+            self.version,
+            self.cut_us,
+            self.run_id,
+            len(panes) if self.straddle else 0,
+            "1" if same else "0",
+            len(panes),
+            len(gone),
+            *(state.expire_ms(p) for p in panes),
+        ]
+        # Windows from B on that read batch panes: the stream job (re)writes them offline, but
+        # for those with panes it no longer keeps (the batch job wrote them: window_limit).
+        first_window = max(-(-self.cut_us // self.step), self.stream_from)
+        windows = list(range(first_window, c + state.k_max + 1))
+        args += [len(windows), *windows, retained_lo]
+        args.append(self.offline_start_us if self.old_at is None else "")
+        args.append(max(self.cut_us, first_window * self.step))
+        with _guard(self.stream_url, self.stream, "publishing the batch boundary"):
+            reply = client.register_script(_PUBLISH)(keys=key_names, args=args)
+        if _text(reply[0]) == "moved":
+            raise ConflictError(
+                f"another batch run of feature view {s.view!r} handed its panes to the "
+                "stream job while this one ran",
+                hint="run one materialization of a view at a time; re-run this one",
+            )
+        version = int(reply[1])
+        written = 0
+        if online_store is not None and s.online:
+            from materializers.online_write import OnlineWriter, latest_per_entity
+
+            rows = state.latest_rows(None, retained_lo, now)
+            if rows.num_rows:
+                writer = OnlineWriter(s, online_store)
+                written = sum(writer.write(latest_per_entity(rows, s)))
         return Published(s.view, self.cut_us, version, len(panes), written)
+
+    # -- the newest event time read --------------------------------------------------------------
+    @property
+    def newest_key(self) -> str:
+        return f"{self.prefix}bstage:{self.run_id}:newest"
+
+    def record_newest(self, client: Any, newest_us: int) -> None:
+        """Keep the newest event time the run read, for ``publish`` (after the pipeline)."""
+        with _guard(self.stream_url, self.stream, "staging batch partials"):
+            client.set(self.newest_key, newest_us, px=STAGE_TTL_MS)
+
+    def read_newest_once(self) -> int | None:
+        """``read_newest`` on a connection of its own."""
+        from featurestore.streams.redis_streams import connect
+
+        client = connect(self.stream_url)
+        try:
+            return self.read_newest(client)
+        finally:
+            client.close()
+
+    def covered_until(self) -> datetime:
+        """Where the batch job's rows of a resolved run end: just after the newest event it
+        read, or where it starts when it read none."""
+        if self.newest_us is None:
+            return _dt(self.offline_start_us)
+        return _dt(self.newest_us + 1)
+
+    def read_newest(self, client: Any) -> int | None:
+        with _guard(self.stream_url, self.stream, "reading the staged batch partials"):
+            value = client.get(self.newest_key)
+        return None if value is None else int(value)
 
 
 def _guard(url: str, stream: str, what: str) -> Any:
@@ -379,12 +502,51 @@ def _text(value: Any) -> str:
 # -- the pipeline step -----------------------------------------------------------------------------
 
 
+class _NewestFn(beam.CombineFn):
+    """The newest event time (µs) among validated events."""
+
+    def create_accumulator(self) -> int | None:
+        return None
+
+    def add_input(self, acc: int | None, batch: pa.RecordBatch | pa.Table) -> int | None:
+        if not batch.num_rows:
+            return acc
+        newest = pc.max(pc.cast(batch.column(EVENT_TS), pa.int64())).as_py()
+        return newest if acc is None or newest is None else max(acc, newest)
+
+    def merge_accumulators(self, accumulators: Any) -> int | None:
+        known = [a for a in accumulators if a is not None]
+        return max(known) if known else None
+
+    def extract_output(self, acc: int | None) -> int | None:
+        return acc
+
+
+class _RecordNewestFn(beam.DoFn):
+    def __init__(self, panes: BatchPanes) -> None:
+        self.panes = panes
+
+    def process(self, newest: int | None) -> Iterator[int]:
+        from featurestore.streams.redis_streams import connect
+
+        if newest is None:
+            return
+        client = connect(self.panes.stream_url)
+        try:
+            self.panes.record_newest(client, newest)
+        finally:
+            client.close()
+        yield newest
+
+
 class _PanePartialsFn(beam.DoFn):
     def __init__(self, panes: BatchPanes) -> None:
         self.panes = panes
 
-    def process(self, batch: pa.RecordBatch | pa.Table) -> Iterator[tuple[int, pa.Table]]:
-        partials = self.panes.partials(batch)
+    def process(
+        self, batch: pa.RecordBatch | pa.Table, newest: int | None = None
+    ) -> Iterator[tuple[int, pa.Table]]:
+        partials = self.panes.resolved(newest).partials(batch)
         if not partials.num_rows:
             return
         pane = partials.column(PANE).to_numpy()
@@ -444,12 +606,10 @@ class _StageFn(beam.DoFn):
         yield self.panes.write_stage(self.client, pane, partials)
 
 
-class StageBatchPanes(beam.PTransform):
-    """Validated events -> per (entity, pane) partials of the panes the run hands over, merged
-    per pane and written to ``{prefix}bstage:{run}:{pane}``; emits the entities per pane.
-
-    >>> _ = valid | "StagePanes" >> panes.stage()  # doctest: +SKIP
-    """
+class NewestEvent(beam.PTransform):
+    """Validated events -> one element, the newest event time (µs), kept in the stream's Redis
+    for ``publish``; empty when the run read no event. Used as a side input: the cut, and so
+    the staged partials and the windows the batch job writes, depend on it."""
 
     def __init__(self, panes: BatchPanes) -> None:
         super().__init__()
@@ -458,7 +618,30 @@ class StageBatchPanes(beam.PTransform):
     def expand(self, valid: beam.PCollection) -> beam.PCollection:
         return (
             valid
-            | "Partials" >> beam.ParDo(_PanePartialsFn(self.panes))
+            | "Max" >> beam.CombineGlobally(_NewestFn()).without_defaults()
+            | "Keep" >> beam.ParDo(_RecordNewestFn(self.panes))
+        )
+
+
+class StageBatchPanes(beam.PTransform):
+    """Validated events -> per (entity, pane) partials of the panes the run hands over, merged
+    per pane and written to ``{prefix}bstage:{run}:{pane}``; emits the entities per pane.
+    ``newest`` is ``NewestEvent``'s output.
+
+    >>> newest = valid | panes.newest()  # doctest: +SKIP
+    >>> _ = valid | "StagePanes" >> panes.stage(newest)  # doctest: +SKIP
+    """
+
+    def __init__(self, panes: BatchPanes, newest: beam.PCollection) -> None:
+        super().__init__()
+        self.panes = panes
+        self.newest = newest
+
+    def expand(self, valid: beam.PCollection) -> beam.PCollection:
+        newest = beam.pvalue.AsSingleton(self.newest, default_value=None)
+        return (
+            valid
+            | "Partials" >> beam.ParDo(_PanePartialsFn(self.panes), newest)
             | "PerPane" >> beam.CombinePerKey(_MergePartials(self.panes.schema))
             | "Stage" >> beam.ParDo(_StageFn(self.panes))
         )

@@ -81,9 +81,9 @@ def prune_before(
     before_us: int,
     since_us: int | None = None,
 ) -> int:
-    """Drop the rows of this consumer's files whose event time is before ``before_us`` (an
-    aggregated view's windows that a batch run now owns), looking at the files of the dates from
-    ``since_us`` (every date when None) to ``before_us``; returns the rows dropped. A file left
+    """Drop the rows of this consumer's files whose event time is in ``[since_us, before_us)``
+    (an aggregated view's windows that a batch run now owns; from the epoch when ``since_us``
+    is None), looking at the files of those dates; returns the rows dropped. A file left
     without rows is deleted.
 
     >>> prune_before(Path("off"), "demo", "clicks", "job-1", 1_795_000_000_000_000)  # doctest: +SKIP
@@ -110,9 +110,10 @@ def prune_before(
             if start is None or start >= before_us:
                 continue
             table = pq.read_table(path)
-            keep = pc.greater_equal(
-                pc.cast(table.column(EVENT_TS), pa.int64()), pa.scalar(before_us, pa.int64())
-            )
+            event_us = pc.cast(table.column(EVENT_TS), pa.int64())
+            keep = pc.greater_equal(event_us, pa.scalar(before_us, pa.int64()))
+            if since_us is not None:  # rows before ``since`` are not the batch job's
+                keep = pc.or_(keep, pc.less(event_us, pa.scalar(since_us, pa.int64())))
             kept = table.filter(keep)
             if kept.num_rows == table.num_rows:
                 continue

@@ -148,12 +148,32 @@ class Boundary:
     at_us: int | None = None
     version: int = 0
     run: str = ""
+    #: Where the batch job's offline rows start (the first hand-over's run start): the stream
+    #: job's windows before it stay in its files. None: from the epoch.
+    from_us: int | None = None
+    #: Where they end: B, or later when the batch job wrote windows the stream job can no
+    #: longer compute (``BatchPanes.window_limit``).
+    until_us: int | None = None
 
     @classmethod
     def parse(cls, reply: dict[bytes, bytes]) -> Boundary:
         if not reply or b"at" not in reply:
             return cls(None, int(reply.get(b"version", 0)) if reply else 0)
-        return cls(int(reply[b"at"]), int(reply[b"version"]), reply.get(b"run", b"").decode())
+        start, until = reply.get(b"from"), reply.get(b"until")
+        return cls(
+            int(reply[b"at"]),
+            int(reply[b"version"]),
+            reply.get(b"run", b"").decode(),
+            None if start is None else int(start),
+            None if until is None else int(until),
+        )
+
+    @property
+    def rows_until(self) -> int | None:
+        """Where the batch job's offline rows end (the stream job's files keep the rest)."""
+        if self.at_us is None:
+            return None
+        return max(self.at_us, self.until_us or self.at_us)
 
     def pane(self, step: int) -> int | None:
         """The pane holding B (its "straddle": the batch's before B, the stream's from B)."""

@@ -421,18 +421,19 @@ class _OfflineFn(beam.DoFn):
                 break
 
     def _prune(self, boundary: Any) -> None:
-        """A batch run published boundary B: the windows ending before it are its files' rows
-        now, so drop them from this consumer's files (once per boundary: the last B pruned is
+        """A batch run published boundary B: the windows ending before it (or before where its
+        rows end, ``rows_until``) are its files' rows now, so drop them from this consumer's files (once per boundary: the last B pruned is
         kept in Redis, per consumer)."""
         if boundary.at_us is not None:
             run = self.run
             consumer = run.options.consumer
             since = self.state.pruned_at(consumer)
-            if since is None or since < boundary.at_us:
-                prune_before(
-                    run.offline_path, run.project, run.view, consumer, boundary.at_us, since
-                )
-                self.state.set_pruned(consumer, boundary.at_us)
+            if since is None:
+                since = boundary.from_us  # the batch job's rows start there, not at the epoch
+            until = boundary.rows_until
+            if since is None or since < until:
+                prune_before(run.offline_path, run.project, run.view, consumer, until, since)
+                self.state.set_pruned(consumer, until)
         self.pruned_version = boundary.version
 
     def process(self, mb: MicroBatch) -> Iterator[MicroBatch]:

@@ -149,12 +149,18 @@ def write_source(repo: Path, events: list[dict[str, Any]]) -> None:
 
 
 def batch_in_process(
-    store: FeatureStore, view: str, events: list[dict[str, Any]], end_us: int, publish: bool = True
+    store: FeatureStore,
+    view: str,
+    events: list[dict[str, Any]],
+    end_us: int,
+    publish: bool = True,
+    start_us: int | None = None,
 ) -> tuple[pa.Table, Published | None]:
-    """A full batch run of ``view`` over [epoch, end) with ``events`` as its source: its window
-    rows (what it writes offline) and what it handed to the stream job."""
+    """A batch run of ``view`` over [epoch or ``start_us``, end) with ``events`` as its
+    source, as the pipeline does it (``NewestEvent``, the window limit, the staged panes): its
+    window rows (what it writes offline) and what it handed to the stream job."""
     schema = ViewSchema.of(store.definitions(), view)
-    interval = Interval.of(EPOCH, _dt(end_us))
+    interval = Interval.of(EPOCH if start_us is None else _dt(start_us), _dt(end_us))
     run = SimpleNamespace(schema=schema, interval=interval, run_id=f"run-{uuid.uuid4().hex[:8]}")
     panes = BatchPanes.plan(store, run)  # type: ignore[arg-type]
     assert panes is not None
@@ -166,17 +172,27 @@ def batch_in_process(
         if batch is not None
         else schema.event_schema().validated_schema().empty_table()
     )
-    lo, hi = window_ends(0, end_us, schema)
-    rows = window_rows(pane_partials(valid, schema), schema, lo=lo, hi=hi)
+    newest = (
+        pc.max(pc.cast(valid.column(EVENT_TS), pa.int64())).as_py()
+        if valid.num_rows
+        else None
+    )
+    lo, hi = window_ends(us_of(interval.start), end_us, schema)
+    limit = panes.window_limit(newest)
+    rows = window_rows(
+        pane_partials(valid, schema), schema, lo=lo, hi=hi if limit is None else min(hi, limit)
+    )
     for _ in OnlineWriter(schema, store.online_store).write(latest_per_entity(rows, schema)):
         pass
-    partials = panes.partials(valid)
+    partials = panes.resolved(newest).partials(valid)
     client = connect(panes.stream_url)
     try:
         pane = partials.column(PANE).to_numpy()
         for p in np.unique(pane).tolist():
             picked = partials.filter(pa.array(pane == p))
             panes.write_stage(client, p, merge_partials(picked, schema))
+        if newest is not None:
+            panes.record_newest(client, newest)
     finally:
         client.close()
     return rows, panes.publish(store.online_store) if publish else None

@@ -138,7 +138,7 @@ def test_kill_and_restart_loses_nothing_and_counts_nothing_twice(
     client = redis.Redis.from_url(redis_url)
     total = 0
     for key in client.scan_iter(match=f"{unique_project}:__stream__:user_agg:pane:*"):
-        total += sum(json.loads(v)[1] for v in client.hvals(key))  # [user_id, events, ...]
+        total += sum(json.loads(v)["__events"] for v in client.hvals(key))  # keyed by column
     client.close()
     assert total == len(events)
 

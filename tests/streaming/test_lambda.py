@@ -95,6 +95,8 @@ def test_batch_history_and_stream_tail_equal_one_batch_job(
             st.integers(1, 8), st.sampled_from(["before_commit", "after_commit"]), max_size=2
         ),
         crashed_batch=st.booleans(),
+        open_end=st.booleans(),
+        begin=st.one_of(st.none(), st.floats(0, 1)),
     )
     def example(
         view: str,
@@ -111,6 +113,8 @@ def test_batch_history_and_stream_tail_equal_one_batch_job(
         shuffled: bool,
         kills: dict[int, str],
         crashed_batch: bool,
+        open_end: bool,
+        begin: float | None,
     ) -> None:
         rng = random.Random(seed)
         now = us(datetime.now(UTC))
@@ -139,10 +143,16 @@ def test_batch_history_and_stream_tail_equal_one_batch_job(
             store.apply()
             schema = ViewSchema.of(store.definitions(), view)
             rows = None
+            # With an open end (the default `--end`, now), a run's source still ends at t1 or
+            # t2: the tail it never holds is the stream job's (review finding 1a).
+            end1 = now if open_end else t1
+            handed_over = False
             if first_batch:
                 if crashed_batch:  # staged its panes, died before publishing: run again
-                    batch_in_process(store, view, history, t1, publish=False)
-                rows, _ = batch_in_process(store, view, history, t1)
+                    batch_in_process(store, view, history, end1, publish=False)
+                rows, first = batch_in_process(store, view, history, end1)
+                handed_over = first is not None  # None: nothing read, or not back far enough
+            kept: dict = {}
             options = StreamOptions(consumer="lambda", grace_seconds=0, max_entries=max_entries)
             with StreamDriver(store, view, options, kills=kills) as job:
                 if t2 is None:
@@ -154,26 +164,46 @@ def test_batch_history_and_stream_tail_equal_one_batch_job(
                     cut = int(arrived * len(tail))
                     _push(store, view, tail[:cut])
                     job.steps_for(behind)
+                    # A second run from the epoch, or from a start: with a first run, one that
+                    # still reads back to B; without, a first hand-over after a stream-only
+                    # period, which happens only when the run reads back to the panes the
+                    # stream job still reads (review finding 1c).
+                    end2 = now if open_end else t2
+                    s2 = None
+                    if begin is not None:
+                        s2 = start + int(begin * ((t1 if first_batch else t2) - start))
+                        if rows is not None:  # the first run's rows before s2 stay
+                            kept = {
+                                k: v for k, v in rows_by_window(rows, schema).items() if k[1] < s2
+                            }
+                    source = [e for e in events if e["ts"] < t2]
                     if crashed_batch and not first_batch:
-                        batch_in_process(
-                            store, view, [e for e in events if e["ts"] < t2], t2, publish=False
-                        )
-                    rows, _ = batch_in_process(
-                        store, view, [e for e in events if e["ts"] < t2], t2
-                    )
+                        batch_in_process(store, view, source, end2, publish=False, start_us=s2)
+                    rows, published = batch_in_process(store, view, source, end2, start_us=s2)
+                    handed_over = handed_over or published is not None
                     _push(store, view, tail[cut:])
                     job.drain()
             assert online_values(store, view) == expected_online(events, schema)
-            batch = rows_by_window(rows, schema) if rows is not None else {}
+            batch = {**kept, **(rows_by_window(rows, schema) if rows is not None else {})}
             written = stream_files(store, view)
             streamed = rows_by_window(written, schema) if written is not None else {}
-            assert not set(batch) & set(streamed), "a window in both jobs' files"
-            assert {**batch, **streamed} == reference(events, schema)
+            _check_offline(batch, streamed, reference(events, schema), handed_over)
         finally:
             store.close()
             _forget(redis_url, project, repo)
 
     example()
+
+
+def _check_offline(batch: dict, streamed: dict, expected: dict, handed_over: bool) -> None:
+    """The two jobs' files together hold every window once, right. Without a hand-over (B never
+    published) both jobs may write a window, from the same events: then both rows agree."""
+    common = set(batch) & set(streamed)
+    if handed_over:
+        assert not common, "a window in both jobs' files"
+    else:
+        assert {k: batch[k] for k in common} == {k: streamed[k] for k in common}
+    assert {**batch, **streamed} == expected
 
 
 def _offline(store: FeatureStore, view: str) -> dict:
@@ -216,6 +246,10 @@ def test_materialize_then_stream_then_incremental_materialize(
         store, views, incremental=True, end=datetime.fromtimestamp(t2 / 1e6, UTC), progress=False
     )
     assert online_values(store, "sliding") == expected
+    # The default end (now) while the source still ends at t2: the events after t2 that only
+    # the stream job saw stay counted (review finding 1a: B moved to now and replaced them).
+    materialize(store, views, incremental=True, progress=False)
+    assert online_values(store, "sliding") == expected
     assert run_stream(store, views, options, max_generations=1) == 1
     assert online_values(store, "sliding") == expected
 
@@ -225,6 +259,12 @@ def test_materialize_then_stream_then_incremental_materialize(
     single.apply()
     write_source(one, events)
     materialize(single, views, progress=False)
+    # Windows that end after the newest event a batch run read are the stream job's (the
+    # stream may hold later events): the batch run alone writes none of them offline ...
+    last = max(e["ts"] for e in events)
+    assert all(end <= last for _, end in _offline(single, "sliding"))
+    # ... and a stream job with nothing new to read writes them from the batch's panes.
+    assert run_stream(single, views, options, max_generations=1) == 1
     try:
         assert online_values(single, "sliding") == expected
         assert _offline(store, "sliding") == _offline(single, "sliding") == reference(events, schema)
@@ -282,12 +322,14 @@ def test_a_new_boundary_reaches_a_running_stream_job(
         assert online_values(store, "sliding") == expected_online(events, schema)
         every = sorted([*events, missed], key=lambda e: e["ts"])
         rows, published = batch_in_process(store, "sliding", [e for e in every if e["ts"] < t2], t2)
-        assert published is not None and published.at_us == t2
+        # B: just after the newest event the run read (its source ends there, not at t2).
+        newest = max(e["ts"] for e in every if e["ts"] < t2)
+        assert published is not None and published.at_us == newest + 1
         job.drain()
         assert online_values(store, "sliding") == expected_online(every, schema)
     batch = rows_by_window(rows, schema)
     streamed = rows_by_window(stream_files(store, "sliding"), schema)
-    assert min(end for _, end in streamed) >= t2 and not set(batch) & set(streamed)
+    assert min(end for _, end in streamed) >= newest + 1 and not set(batch) & set(streamed)
     assert {**batch, **streamed} == reference(every, schema)
     store.close()
 
@@ -308,3 +350,55 @@ def test_no_batch_run_changes_nothing(tmp_path: Path, redis_url: str, unique_pro
     assert rows_by_window(stream_files(store, "tumbling"), schema) == reference(events, schema)
     store.close()
 
+
+
+@pytest.mark.parametrize("online", ["redis", "embedded"])
+def test_a_first_hand_over_with_a_start_keeps_the_stream_jobs_earlier_counts(
+    online: str, tmp_path: Path, redis_url: str, unique_project: str, tidy: list
+) -> None:
+    """A stream-only period, then a first batch run with a start inside it (review finding
+    1c). While the run does not read back to the panes the stream job still reads, B stays
+    unset (the stream job may yet see events there that the run never read); once it does, B
+    moves and the stream job drops from its files only the windows the batch run wrote, from
+    its start, not the earlier ones."""
+    start = us(datetime.now(UTC)) - 50 * MIN
+    events = make_lambda_events(13, 80, start, 30 * MIN)
+    repo = make_lambda_repo(tmp_path / "repo", unique_project, redis_url, online)
+    tidy.append((unique_project, repo))
+    store = FeatureStore(repo)
+    store.apply()
+    schema = ViewSchema.of(store.definitions(), "sliding")
+    begin = start + 22 * MIN + 1_234_567  # more than a window after the first event
+    t2 = start + 30 * MIN
+    source = [e for e in events if e["ts"] < t2]
+    expected = reference(events, schema)
+    with StreamDriver(store, "sliding", StreamOptions(consumer="job", grace_seconds=0)) as job:
+        _push(store, "sliding", events)
+        job.drain()
+        before = rows_by_window(stream_files(store, "sliding"), schema)
+        assert min(end for _, end in before) < begin - schema.max_window_seconds * 1_000_000
+        rows, published = batch_in_process(store, "sliding", source, t2, start_us=begin)
+        assert published is None  # an hour of lateness: the stream's panes reach further back
+        job.drain()
+        assert online_values(store, "sliding") == expected_online(events, schema)
+    streamed = rows_by_window(stream_files(store, "sliding"), schema)
+    assert streamed == before
+    _check_offline(rows_by_window(rows, schema), streamed, expected, handed_over=False)
+
+    # A stream job with 5 minutes of lateness: the same run (up to now, the default) reads
+    # back far enough. The stream job keeps less than the time since t2: the batch job writes
+    # the windows the stream job can no longer compute.
+    options = StreamOptions(consumer="job", grace_seconds=0, lateness_seconds=300)
+    with StreamDriver(store, "sliding", options) as job:
+        job.drain()
+        now = us(datetime.now(UTC))
+        rows, published = batch_in_process(store, "sliding", source, now, start_us=begin)
+        assert published is not None and published.at_us == max(e["ts"] for e in source) + 1
+        job.drain()
+        assert online_values(store, "sliding") == expected_online(events, schema)
+    streamed = rows_by_window(stream_files(store, "sliding"), schema)
+    assert {k: v for k, v in before.items() if k[1] < begin} == {
+        k: v for k, v in streamed.items() if k[1] < begin
+    }, "the stream job's windows before the run's start must stay"
+    _check_offline(rows_by_window(rows, schema), streamed, expected, handed_over=True)
+    store.close()

@@ -30,6 +30,7 @@ from featurestore.online.codec import ValueCodec, encode_entity_key, encode_int_
 from featurestore.online.layouts import Layout, LayoutTranslator
 from registry.definitions import Definitions
 from registry.errors import DataError, InputError, UserError
+from registry.evolution import feature_meaning
 
 if TYPE_CHECKING:
     import pandas
@@ -96,7 +97,11 @@ class RetrievalPlan:
                 )
             declared = [f.name for f in spec.features]
             key_specs = [k for e in spec.entities for k in defs.entities[e].join_keys]
-            codec = ValueCodec([f.dtype for f in spec.features], declared)
+            codec = ValueCodec(
+                [f.dtype for f in spec.features],
+                declared,
+                meanings=[feature_meaning(f) for f in spec.features],
+            )
             if history is not None:
                 codec.other_layouts = LayoutTranslator(codec, partial(history, view_name))
             views.append(

@@ -78,7 +78,14 @@ class OnlineWriter:
 
         self.schema = schema
         self.store = store
-        self.codec = ValueCodec([d for _, d in schema.features], list(schema.feature_names))
+        from registry.evolution import feature_meaning
+
+        by_feature = {a.feature: feature_meaning(a) for a in schema.aggregates}
+        self.codec = ValueCodec(
+            [d for _, d in schema.features],
+            list(schema.feature_names),
+            meanings=[by_feature.get(n) for n in schema.feature_names],
+        )
 
     def write(self, table: pa.Table | None) -> Iterator[int]:
         """Write ``table`` (``__entity_key``, event and created times, the features); yields the

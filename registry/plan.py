@@ -6,7 +6,9 @@ working or change meaning. A breaking change is applied only when asked for expl
 A plan also says what the change asks of the data and of its consumers:
 
 * ``backfills``: views whose stored history no longer answers their definition (a feature added,
-  a dtype, aggregation or the entities changed; ``registry.evolution.backfill_reasons``).
+  a dtype, aggregation or the entities changed; ``registry.evolution.backfill_reasons``), and
+  views added again under the name of one removed earlier (``retired``): what the earlier view
+  wrote answers another definition, so the whole range is materialized again.
   ``apply`` records them in the version's summary; ``materialize`` (incremental runs included)
   recomputes the view's whole history while one is pending (``evolution.pending_backfills``).
 * ``losses``: feature services and models that lose a feature, or get it with another dtype,
@@ -17,12 +19,14 @@ A plan also says what the change asks of the data and of its consumers:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from registry.definitions import Definitions, FeatureRef
 from registry.errors import NotFoundError
-from registry.evolution import backfill_reasons
+from registry.evolution import backfill_reasons, feature_meaning
+from registry.spec import FeatureSpec
 
 Action = Literal["added", "changed", "removed"]
 
@@ -112,8 +116,16 @@ class Plan:
         return "\n".join(lines)
 
 
-def diff(old: Definitions, new: Definitions, base_version: int = 0) -> Plan:
-    """What applying ``new`` over ``old`` would change.
+def diff(
+    old: Definitions,
+    new: Definitions,
+    base_version: int = 0,
+    *,
+    retired: Mapping[str, int] | None = None,
+) -> Plan:
+    """What applying ``new`` over ``old`` would change. ``retired``: feature views the registry
+    held once and removed, with the version that removed them
+    (``registry.evolution.retired_views``); one added again needs a whole-range backfill.
 
     >>> diff(Definitions(), Definitions()).empty
     True
@@ -130,12 +142,18 @@ def diff(old: Definitions, new: Definitions, base_version: int = 0) -> Plan:
         elif old_c[key] != new_c[key]:
             details, breaking = _compare(kind, json.loads(old_c[key]), json.loads(new_c[key]))
             changes.append(Change(kind, name, "changed", breaking, tuple(details)))
-    backfills = [
-        Backfill(c.name, tuple(reasons))
-        for c in changes
-        if c.kind == "feature_view" and c.action == "changed"
-        and (reasons := backfill_reasons(old.feature_views[c.name], new.feature_views[c.name]))
-    ]
+    retired = retired or {}
+    backfills = []
+    for c in changes:
+        if c.kind != "feature_view":
+            continue
+        if c.action == "added" and c.name in retired:
+            reason = f"re-added (removed at version {retired[c.name]}): the whole range"
+            backfills.append(Backfill(c.name, (reason,)))
+        elif c.action == "changed" and (
+            reasons := backfill_reasons(old.feature_views[c.name], new.feature_views[c.name])
+        ):
+            backfills.append(Backfill(c.name, tuple(reasons)))
     return Plan(base_version, changes, backfills, _losses(old, new))
 
 
@@ -196,8 +214,15 @@ def _compare(kind: str, old: dict[str, Any], new: dict[str, Any]) -> tuple[list[
                 )
                 breaking = True
             if old_f[name].get("aggregation") != new_f[name].get("aggregation"):
-                details.append(f"feature {name} aggregation changed (breaking: history differs)")
-                breaking = True
+                before, after = _meaning(old_f[name]), _meaning(new_f[name])
+                if before != after:
+                    details.append(
+                        f"feature {name} aggregation {before or 'none'} -> {after or 'none'} "
+                        "(breaking: stored values mean something else)"
+                    )
+                    breaking = True
+                else:
+                    details.append(f"feature {name} aggregation respelled (same meaning)")
         if old["entities"] != new["entities"]:
             details.append(
                 f"entities {old['entities']} -> {new['entities']} (breaking: keys change)"
@@ -223,6 +248,10 @@ def _compare(kind: str, old: dict[str, Any], new: dict[str, Any]) -> tuple[list[
         if old.get(key) != new.get(key) and not any(d.startswith(f"{key} ") for d in details):
             details.append(f"{key}: {_short(old.get(key))} -> {_short(new.get(key))}")
     return details, breaking
+
+
+def _meaning(feature: dict[str, Any]) -> str | None:
+    return feature_meaning(FeatureSpec.model_validate(feature))
 
 
 def _short(value: Any) -> str:

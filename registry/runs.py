@@ -3,6 +3,11 @@
 The watermark of a view is the event time up to which (exclusive) both the offline and the online
 store hold its data. A job moves it only after both stores are written, in the same transaction
 that records the run, so a crash leaves the old watermark and a re-run redoes the interval.
+
+A watermark belongs to the view's current life (``registry.evolution.current_life``): after the
+view was removed and added again, the one its earlier life reached is not reported (an
+incremental run then covers the whole range, as for a new view), and the first run of the new
+life sets it to its own end instead of moving it forward.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from registry import tables as t
+from registry.evolution import created_version, view_history
 
 
 @dataclass(frozen=True)
@@ -40,12 +46,30 @@ class MaterializationLog:
         self.project = project
 
     def watermark(self, view: str) -> datetime | None:
+        """Where the view's data ends in both stores; None before the first run of its life."""
         w = t.watermarks
         with self.engine.connect() as conn:
             row = conn.execute(
                 sa.select(w.c.watermark).where(w.c.project == self.project, w.c.feature_view == view)
             ).first()
-        return _utc(row[0]) if row else None
+            if row is None or not self._earned(conn, view):
+                return None
+        return _utc(row[0])
+
+    def _earned(self, conn: sa.Connection, view: str) -> bool:
+        """Whether a run recorded in the view's current life exists (so its watermark is one
+        of this life's). A view not in the registry (any more) keeps what it has."""
+        created = created_version(view_history(conn, self.project, view))
+        if created is None:
+            return True
+        m = t.materializations
+        return conn.execute(
+            sa.select(m.c.id).where(
+                m.c.project == self.project,
+                m.c.feature_view == view,
+                m.c.registry_version >= created,
+            ).limit(1)
+        ).first() is not None
 
     def record(
         self,
@@ -64,6 +88,8 @@ class MaterializationLog:
         now = datetime.now(timezone.utc)
         m, w = t.materializations, t.watermarks
         with self.engine.begin() as conn:
+            # Before the insert: is this the first run of the view's current life?
+            first_of_life = advance_watermark and not self._earned(conn, view)
             run_id = conn.execute(
                 sa.insert(m)
                 .values(
@@ -92,7 +118,7 @@ class MaterializationLog:
                             project=self.project, feature_view=view, watermark=_utc(end), updated_at=now
                         )
                     )
-                elif _utc(current[0]) < _utc(end):
+                elif first_of_life or _utc(current[0]) < _utc(end):
                     conn.execute(
                         sa.update(w)
                         .where(w.c.project == self.project, w.c.feature_view == view)

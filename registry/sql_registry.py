@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
+
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -17,6 +18,7 @@ from registry import tables as t
 from registry.db import create_engine, ensure_schema
 from registry.definitions import Definitions
 from registry.errors import BreakingChangeError, ConflictError, NotFoundError
+from registry.evolution import retired_views
 from registry.plan import Plan, diff
 
 
@@ -111,7 +113,7 @@ class SqlRegistry:
     def plan(self, new: Definitions) -> Plan:
         with self.engine.connect() as conn:
             head = self._head(conn)
-        return diff(self.definitions(head), new, head)
+        return diff(self.definitions(head), new, head, retired=retired_views(self.engine, self.project))
 
     def apply(
         self,

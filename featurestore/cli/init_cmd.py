@@ -2,14 +2,22 @@
 
 An existing repository (a directory holding featurestore.yaml) is never overwritten without
 ``--force``: `init` over it would replace its definitions, and nothing could bring them back.
+With ``--force``, the definition files already under ``features/`` (what the new repository's
+``definitions: [features]`` would load) are moved into ``.featurestore-backup/`` first, and `init`
+says where: left in place, they would make a blank repository not blank (or mix with the
+example), and deleting them could lose files the tool did not write. Nothing is deleted.
 """
 
 from __future__ import annotations
 
 import argparse
+from datetime import datetime, timezone
 from pathlib import Path
 
 TEMPLATES = ("example", "blank")
+#: Where ``init --force`` moves the definitions it would otherwise leave behind or overwrite; a
+#: hidden directory, so neither the loader nor a later ``init`` sees it as definitions.
+BACKUP_DIR = ".featurestore-backup"
 
 # The blank template's one definition file: valid as it is (nothing is defined), with an example
 # that is valid once uncommented (tests/cli/test_init_safety.py checks both).
@@ -69,6 +77,13 @@ def run(args: argparse.Namespace) -> int:
             f"{path} already holds a feature repository ({CONFIG_FILE}); init would replace its definitions",
             hint=f"choose a new directory, or pass --force to overwrite it with the {args.template} template",
         )
+    moved = move_definitions(path) if args.force else None
+    if moved is not None:
+        backup, files = moved
+        print(
+            f"Moved {len(files)} definition file(s) of the previous repository to "
+            f"{backup.relative_to(path)}/ (move them back under features/ to restore them)."
+        )
     if args.template == "blank":
         write_blank_repo(path, project=args.project, force=args.force)
         print(f"Created a blank repository in {path}.")
@@ -118,3 +133,31 @@ def write_blank_repo(path: Path, *, project: str, force: bool = False) -> None:
     }
     for name, text in files.items():
         (path / name).write_text(text)
+
+
+def move_definitions(path: Path) -> tuple[Path, list[Path]] | None:
+    """Move the definition files under ``path/features`` (those the repository's loader reads:
+    YAML, outside hidden directories) into a new ``.featurestore-backup/init-<UTC time>/``,
+    keeping their paths; returns the backup directory and the files' new paths, or None when
+    there were none. Other files stay where they are.
+
+    >>> move_definitions(Path("fraud_repo"))  # doctest: +SKIP
+    (PosixPath('fraud_repo/.featurestore-backup/init-20260101T120000123456Z'), [...])
+    """
+    from registry.validate import find_definition_files
+
+    if not (path / "features").is_dir():
+        return None
+    files = find_definition_files(path, ["features"])
+    if not files:
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    backup = path / BACKUP_DIR / f"init-{stamp}"
+    backup.mkdir(parents=True)  # never exist_ok: a backup is never written into
+    moved = []
+    for file in files:
+        target = backup / file.relative_to(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        file.rename(target)
+        moved.append(target)
+    return backup, moved

@@ -255,7 +255,8 @@ def _locate(
             continue
         if not join.files:
             continue
-        columns = set(_run(partial(_columns, con, join.files)))
+        types = _run(partial(pit.file_types, con, join.files))
+        columns = {name for file in types.values() for name in file}
         needed = [k for k, _ in join.keys] + [layout.EVENT_TS, layout.CREATED_TS]
         absent = [c for c in needed if c not in columns]
         if absent:
@@ -265,6 +266,7 @@ def _locate(
                 f"{layout.view_dir(config.offline_path, config.project, join.view)}",
             )
         join.present = {f.feature for f in join.features if f.feature in columns}
+        join.groups = pit.group_files(join, types)
         for f in join.features:
             if f.feature not in join.present:
                 warnings.append(
@@ -272,11 +274,6 @@ def _locate(
                     "all null (materialize the view again after adding a feature)"
                 )
     return warnings
-
-
-def _columns(con: Any, files: list[Path]) -> list[str]:
-    """The union of the files' columns (reads only their footers)."""
-    return list(con.sql(f"SELECT * FROM {pit.reader(files)} LIMIT 0").columns)
 
 
 def _check_clashes(

@@ -23,13 +23,23 @@ compares *structs* so that the created-timestamp tie-break costs no separate pas
 The ttl is applied after the join (``t > T - D``): if the best row is too old, every other
 candidate is older still, so the value is null either way. Only the date partitions that can
 hold an answer are read: UTC dates from date(min(T) - D) to date(max(T)).
+
+Files written before a dtype change (``apply --allow-breaking``) keep the old Parquet type until
+a backfill rewrites them. ``read_parquet(union_by_name)`` would widen every file to a common
+supertype first (DOUBLE for int64 + float64: an int64 beyond 2**53 comes out rounded), so the
+files are grouped by the types their footers declare (``file_types``, one query), and a group
+not of the registry's types is read on its own and cast value by value (``conform_sql``): a
+value the new dtype holds exactly is kept, any other is null. The groups are the schema
+generations, a handful; the usual single group keeps the plain read, with no cast.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from featurestore.offline import layout
 from registry.definitions import Definitions
@@ -74,9 +84,23 @@ class ViewJoin:
     ttl_seconds: int
     features: list[FeatureColumn]
     files: list[Path] = field(default_factory=list)
+    groups: list[FileGroup] = field(default_factory=list)  # files by feature types (group_files)
     has_data: bool = False  # the view has any partition at all (else: warn, all null)
     present: set[str] = field(default_factory=set)  # feature columns found in the files
     ties: bool = True  # two rows may share keys and event time: order by (t, created)
+
+
+@dataclass(frozen=True)
+class FileGroup:
+    """Files whose footers give each present feature the same type (None: not in the files)."""
+
+    types: dict[str, str | None]  # feature -> DuckDB type as read from these files
+    files: list[Path]
+
+    def needs_cast(self, join: ViewJoin) -> bool:
+        """Whether some feature is stored as another type than the registry's dtype."""
+        dtypes = {f.feature: f.dtype for f in join.features}
+        return any(t is not None and t != read_type(dtypes[f]) for f, t in self.types.items())
 
 
 @dataclass(frozen=True)
@@ -98,6 +122,63 @@ def duckdb_type(dtype: str) -> str:
     if parsed.length is None:
         return element
     return f"{element}[{parsed.length or ''}]"
+
+
+def read_type(dtype: str) -> str:
+    """The type DuckDB reads a dtype's Parquet column as: vectors come back as lists.
+
+    >>> read_type("float32[8]"), read_type("int64")
+    ('FLOAT[]', 'BIGINT')
+    """
+    parsed = parse_dtype(dtype)
+    element = _DUCKDB_SCALARS[parsed.element]
+    return element if parsed.length is None else f"{element}[]"
+
+
+# A float or its text rounds to the nearest value of the new float type: that is what a float of
+# that type is, not a wrong value. Every other conversion must be exact (see conform_sql).
+_ROUNDS_TO_FLOAT = {"FLOAT", "DOUBLE", "VARCHAR"}
+_TYPE_NAMES = {"TIMESTAMP WITH TIME ZONE": "TIMESTAMPTZ"}
+_VECTOR = re.compile(r"^(.*)\[\d*\]$")  # a list or array type, and its element type
+
+
+def conform_sql(expr: str, source: str, dtype: str) -> str:
+    """SQL giving ``expr``, read as DuckDB type ``source``, as ``read_type(dtype)``.
+
+    A value is kept when the new type holds it exactly: cast to the new type and back, it is the
+    same value (3.0 -> 3, but 3.7, 2**31 or '3.7' as int32 are null, not 4, an error or a
+    wrap-around). Into a float type, a float or a number's text is rounded to that type's
+    precision. A vector is converted element by element and is null as a whole if one element
+    is; a scalar never becomes a vector nor the reverse. ``TRY_CAST`` alone would round
+    (``TRY_CAST(3.7 AS INTEGER)`` is 4).
+
+    >>> conform_sql("x", "DOUBLE", "int32")
+    'CASE WHEN TRY_CAST(TRY_CAST(x AS INTEGER) AS DOUBLE) = x THEN TRY_CAST(x AS INTEGER) END'
+    """
+    source = _TYPE_NAMES.get(source, source)
+    target = read_type(dtype)
+    if source == target:
+        return expr
+    parsed = parse_dtype(dtype)
+    element = _DUCKDB_SCALARS[parsed.element]
+    vector = _VECTOR.match(source)
+    if (vector is not None) != parsed.is_vector:
+        return f"CAST(NULL AS {target})"
+    if vector is None:
+        return _conform_scalar(expr, source, element)
+    item = "__fs_item"
+    converted = f"[{_conform_scalar(item, vector[1], element)} FOR {item} IN {expr}]"
+    # list_count counts the non-null elements: one fewer means an element did not fit.
+    return f"CASE WHEN list_count({converted}) = list_count({expr}) THEN {converted} END"
+
+
+def _conform_scalar(expr: str, source: str, target: str) -> str:
+    cast = f"TRY_CAST({expr} AS {target})"
+    if source == target:
+        return expr
+    if target in ("FLOAT", "DOUBLE") and source in _ROUNDS_TO_FLOAT:
+        return cast
+    return f"CASE WHEN TRY_CAST({cast} AS {source}) = {expr} THEN {cast} END"
 
 
 def quote(name: str) -> str:
@@ -173,6 +254,47 @@ def partition_files(
     return True, files
 
 
+def file_types(con: Any, files: list[Path]) -> dict[Path, dict[str, str]]:
+    """Each file's top-level columns and the DuckDB type each is read as, from the footers.
+
+    One ``parquet_schema`` query for every file. Its rows are the schema trees in depth-first
+    order, a file's root first: a column with children (a list) is followed by its subtree.
+    """
+    if not files:
+        return {}
+    paths = ", ".join(literal(str(p)) for p in files)
+    rows = con.execute(
+        f"SELECT file_name, name, num_children, duckdb_type FROM parquet_schema([{paths}])"
+    ).fetchall()
+    by_name = {str(p): p for p in files}
+    out: dict[Path, dict[str, str]] = {p: {} for p in files}
+    i = 0
+    while i < len(rows):
+        file_name, _, columns, _ = rows[i]  # the root
+        types = out[by_name.get(file_name, Path(file_name))]
+        i += 1
+        for _ in range(columns or 0):
+            types[rows[i][1]] = _TYPE_NAMES.get(rows[i][3], rows[i][3])
+            pending = 1  # skip the column's subtree
+            while pending:
+                pending += (rows[i][2] or 0) - 1
+                i += 1
+    return out
+
+
+def group_files(join: ViewJoin, types: dict[Path, dict[str, str]]) -> list[FileGroup]:
+    """``join.files`` grouped by the types of the present features, in file order."""
+    groups: dict[tuple[str | None, ...], FileGroup] = {}
+    names = sorted(join.present)
+    for f in join.files:
+        signature = tuple(types.get(f, {}).get(n) for n in names)
+        group = groups.get(signature)
+        if group is None:
+            group = groups[signature] = FileGroup(dict(zip(names, signature)), [])
+        group.files.append(f)
+    return list(groups.values())
+
+
 def has_key_time_ties(files: list[Path], keys: list[str]) -> bool:
     """Whether two rows of ``files`` share join keys and event timestamp.
 
@@ -244,6 +366,29 @@ def reader(files: list[Path]) -> str:
     return f"read_parquet([{paths}], hive_partitioning = false, union_by_name = true)"
 
 
+def view_source(join: ViewJoin) -> str:
+    """The FROM item of a view's rows: one read of the files, or, across a dtype change, a
+    UNION ALL of one read per group of files, each feature cast to the registry's dtype."""
+    groups = join.groups or [FileGroup({f: None for f in join.present}, join.files)]
+    if len(groups) == 1 and not groups[0].needs_cast(join):
+        return reader(join.files)
+    dtypes = {f.feature: f.dtype for f in join.features}
+    fixed = [quote(k) for k, _ in join.keys] + [quote(layout.EVENT_TS), quote(layout.CREATED_TS)]
+    parts = []
+    for group in groups:
+        columns = list(fixed)
+        for name in sorted(join.present):
+            source = group.types.get(name)
+            value = (
+                f"CAST(NULL AS {read_type(dtypes[name])})"
+                if source is None
+                else conform_sql(quote(name), source, dtypes[name])
+            )
+            columns.append(f"{value} AS {quote(name)}")
+        parts.append(f"SELECT {', '.join(columns)} FROM {reader(group.files)}")
+    return "(\n    " + "\n    UNION ALL ".join(parts) + "\n  )"
+
+
 def view_cte(join: ViewJoin, bounds: TimeBounds, exclude_created_after: bool) -> str:
     """The rows of one view that may answer, with the struct the ASOF join orders by."""
     assert bounds.first is not None and bounds.last is not None
@@ -262,7 +407,7 @@ def view_cte(join: ViewJoin, bounds: TimeBounds, exclude_created_after: bool) ->
         order = f"{{'t': {t}, 'c': {c}}}" if join.ties else t
         return (
             f"SELECT {keys}, {order} AS {ORDER_COLUMN}{features}\n"
-            f"  FROM {reader(join.files)}\n  WHERE {where}"
+            f"  FROM {view_source(join)}\n  WHERE {where}"
         )
     # Rows created after max(T) are never allowed.
     rank = f"epoch_us({t})::HUGEINT * 18446744073709551616 + epoch_us({c})"
@@ -273,7 +418,7 @@ def view_cte(join: ViewJoin, bounds: TimeBounds, exclude_created_after: bool) ->
         f"    FROM (\n"
         f"      SELECT {keys}, {{'u': greatest({t}, {c}), 't': {t}, 'c': {c}}} AS {ORDER_COLUMN},\n"
         f"        {rank} AS {RANK_COLUMN}{features}\n"
-        f"      FROM {reader(join.files)}\n"
+        f"      FROM {view_source(join)}\n"
         f"      WHERE {where} AND {c} <= {_ts(bounds.last)}\n"
         f"    )\n"
         f"  ) WHERE {RANK_COLUMN} = {BEST_COLUMN}"
@@ -330,9 +475,11 @@ def build_query(
             event = f"{view_alias}.{ORDER_COLUMN}" + ("" if scalar else ".t")
             fresh = f"{event} > e.{ts} - {ttl}"
             column = f"{view_alias}.{quote(feature.feature)}"
-            value = f"CASE WHEN {fresh} THEN CAST({column} AS {sql_type}) END"
+            value = f"CASE WHEN {fresh} THEN TRY_CAST({column} AS {sql_type}) END"
         else:
-            value = f"CAST({view_alias}.{quote(feature.feature)} AS {sql_type})"
+            # TRY_: a vector of another length than a fixed-length dtype's (files written
+            # before the length changed) is null; every other value already has the type.
+            value = f"TRY_CAST({view_alias}.{quote(feature.feature)} AS {sql_type})"
         selects.append(f"{value} AS {quote(feature.column)}")
     return (
         "WITH " + ",\n".join(ctes) + "\n"

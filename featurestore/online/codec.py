@@ -348,16 +348,25 @@ class _Body:
         return tuple(out)
 
 
-def layout_id(names: Sequence[str], dtypes: Sequence[str]) -> int:
-    """The 32-bit id of a view's value layout: its features' names and dtypes, in order.
+def layout_id(
+    names: Sequence[str], dtypes: Sequence[str], meanings: Sequence[str | None] | None = None
+) -> int:
+    """The 32-bit id of a view's value layout: its features' names, dtypes and meanings, in order.
 
-    The first four bytes, little-endian, of SHA-256 over ``name:dtype\\n`` per feature. Format 2
-    payloads carry it, so a reader can tell a value written under another layout of the view.
+    The first four bytes, little-endian, of SHA-256 over ``name:dtype\\n`` per feature, or
+    ``name:dtype:meaning\\n`` for a feature with a meaning (an aggregation: function, column,
+    window and slide, ``registry.evolution.feature_meaning``). Format 2 payloads carry it, so a
+    reader can tell a value written under another layout of the view: a count over 1h and one
+    over 7d of the same name and dtype have different ids. A view without aggregations has the
+    id it always had (no meaning, the same text).
 
     >>> hex(layout_id(["ctr", "clicks"], ["float32", "int64"]))
     '0x87222d85'
     """
-    text = "".join(f"{n}:{d}\n" for n, d in zip(names, dtypes))
+    meanings = meanings or [None] * len(names)
+    text = "".join(
+        f"{n}:{d}\n" if m is None else f"{n}:{d}:{m}\n" for n, d, m in zip(names, dtypes, meanings)
+    )
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "little")
 
 
@@ -368,8 +377,11 @@ class ValueCodec:
     With ``names``, the codec is a view's: it writes format 2 (stamped with ``layout_id``) and
     reads values of its own layout, telling apart those written under another one: their
     features are returned as None and reported by ``decode_status`` (``other_layouts``, when
-    given, recovers what is still valid; ``featurestore.online.layouts``). Without ``names`` it
-    is positional (tests, benchmarks): it writes format 1 and reads either format by position.
+    given, recovers what is still valid; ``featurestore.online.layouts``). ``meanings`` (one per
+    feature, None for a plain one) go into the layout id: pass the view's aggregations
+    (``registry.evolution.feature_meaning``) so a changed aggregation is another layout. Without
+    ``names`` it is positional (tests, benchmarks): it writes format 1 and reads either format by
+    position.
 
     >>> codec = ValueCodec(["float32", "int64", "string"])
     >>> codec.decode(codec.encode_row([0.5, 3, "ab"]))
@@ -382,6 +394,7 @@ class ValueCodec:
         names: Sequence[str] | None = None,
         *,
         other_layouts: Callable[[bytes], tuple[tuple[Any, ...], frozenset[int]]] | None = None,
+        meanings: Sequence[str | None] | None = None,
     ) -> None:
         if not dtypes:
             raise DataError("a value codec needs at least one feature")
@@ -389,15 +402,19 @@ class ValueCodec:
         names = [f"#{i}" for i in range(len(dtypes))] if names is None else list(names)
         if len(names) != len(dtypes):
             raise DataError(f"{len(names)} feature names for {len(dtypes)} dtypes")
+        if meanings is not None and len(meanings) != len(dtypes):
+            raise DataError(f"{len(meanings)} feature meanings for {len(dtypes)} dtypes")
         self.dtypes = tuple(dtypes)
         self.names: tuple[str, ...] | None = None if positional else tuple(names)
+        #: Per feature, what its values mean beyond name and dtype (None: plain; all None: None).
+        self.meanings = tuple(meanings) if meanings and any(m is not None for m in meanings) else None
         self._fields = [_Field(n, d) for n, d in zip(names, dtypes)]
         self._null_bytes = (len(self._fields) + 7) // 8
         if positional:
             self.format, self.layout_id = LEGACY_FORMAT, None
             self._prefix = bytes([LEGACY_FORMAT])
         else:
-            self.format, self.layout_id = FORMAT_VERSION, layout_id(names, dtypes)
+            self.format, self.layout_id = FORMAT_VERSION, layout_id(names, dtypes, self.meanings)
             self._prefix = bytes([FORMAT_VERSION]) + self.layout_id.to_bytes(4, "little")
         self.other_layouts = other_layouts
         self._body = _Body(self._fields, len(self._prefix))

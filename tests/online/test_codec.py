@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from featurestore.online.codec import (
     ValueCodec,
-    layout_id,
     decode_entity_key,
     encode_entity_key,
     encode_entity_keys,
+    layout_id,
 )
 from registry.errors import DataError
 

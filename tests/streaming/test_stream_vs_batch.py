@@ -54,7 +54,9 @@ def test_stream_and_batch_agree_online_and_offline(
     # The windows ending after the newest event are the stream job's (docs/streaming.md,
     # "Batch and stream"): a stream job with nothing to read writes them from the batch's panes.
     assert run_stream(
-        batch, ["user_agg"], StreamOptions(consumer="tail", grace_seconds=0, stats_seconds=60),
+        batch,
+        ["user_agg"],
+        StreamOptions(consumer="tail", generation_seconds=2.5, grace_seconds=0, stats_seconds=60),
         max_generations=1,
     ) == 1
 

@@ -57,8 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     )
     parser.add_argument(
         "--force", action="store_true",
-        help="write into a non-empty directory, or over an existing repository "
-        "(files of the same name are replaced, others kept)",
+        help="write into a non-empty directory, or over an existing repository (its YAML "
+        "definitions under features/ are moved to .featurestore-backup/, other files kept)",
     )
 
 

@@ -9,16 +9,18 @@ the default. A bad value names every place that was looked at.
     definitions: [features]                   # files, directories or globs of YAML
     offline_store: {path: data/offline}
     online_store: {type: embedded, path: data/online.db}   # or {type: redis, url: redis://...}
+                                              # or {type: redis, url: redis://node:7000, cluster: true}
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from registry.errors import ConfigError
 from registry.loader import load_yaml
@@ -40,6 +42,17 @@ class OnlineStoreConfig(_Section):
     type: Literal["embedded", "redis", "memory"] = "embedded"
     path: str = Field("data/online.db", description="SQLite file of the embedded store.")
     url: str = Field("redis://127.0.0.1:6379/0", description="URL of the redis store.")
+    cluster: bool = Field(
+        False,
+        description="The redis store is a Redis Cluster (url names any one of its nodes); keys carry "
+        "hash tags (docs/redis-cluster.md). Env: FEATURESTORE__ONLINE_STORE__CLUSTER=true.",
+    )
+
+    @model_validator(mode="after")
+    def _cluster_is_redis(self) -> OnlineStoreConfig:
+        if self.cluster and self.type != "redis":
+            raise ValueError(f"cluster: true needs type: redis, not {self.type!r}")
+        return self
 
 
 class MaterializationConfig(_Section):

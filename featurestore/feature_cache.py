@@ -17,19 +17,21 @@ memory and a prediction then costs one product ``X @ w``, not a store read per i
 
 Entries are dropped when they may be stale (docs/serving.md, "The item feature cache"):
 
-* a view's entries when its **newest event time** in the online store moves, whoever wrote
-  (a materialization, the stream job, a push, any ``write_latest``): ``poll`` reads
-  ``OnlineStore.newest_event_ts`` of the cacheable online views (one MGET on Redis) on the
-  registry watcher's thread, every ``interval`` seconds (1 on a server), never on a request;
-* a view's entries when a newer materialization run of it appears in the registry snapshot
-  (a backfill of older event times does not move the newest time);
+* a view's entries when its **version** in the online store moves, whoever wrote (a
+  materialization, the stream job, a push, any ``write_latest``): ``poll`` reads
+  ``OnlineStore.view_versions`` of the cacheable online views (one MGET on Redis, one pipeline
+  on Redis Cluster) on the registry watcher's thread, every ``interval`` seconds (1 on a
+  server), never on a request. The version is the view's newest event time with a count of
+  winning writes, so it moves for every row written, also one older than the view's newest
+  (a late or corrected row, or any row after a future-dated one pinned the newest time);
+* a view's entries when a newer materialization run of it appears in the registry snapshot;
 * everything when the registry version changes;
-* one entry when it is older than ``max_age_seconds`` (30 s): the bound for a write that moves
-  no view's newest time (an out-of-order or corrected row with an older event time).
+* one entry when it is older than ``max_age_seconds`` (30 s): a backstop (a poll that keeps
+  failing, a store that lost its data and repeats an old version).
 
-Views the newest time cannot follow are never cached: an aggregated view with a stream source
-is rewritten on every micro-batch with the same event time (the next slide boundary), so its
-rows change while its newest time stands still. Not-found keys are never cached, so a newly
+Views the version cannot follow are never cached: an aggregated view with a stream source
+is rewritten on every micro-batch with the same event time (the next slide boundary), and
+its rows change through the stream job's pane state as well as through writes. Not-found keys are never cached, so a newly
 written item shows up at once. TTLs are checked by the caller on every read against the cached
 event time, so a cached value expires on time.
 """
@@ -52,10 +54,11 @@ from featurestore.online.codec import ValueCodec
 from featurestore.online.layouts import Layout, LayoutTranslator
 from featurestore.retrieval import OnlineReader
 from registry.errors import NotFoundError
+from registry.evolution import feature_meaning
 from registry.types import NUMERIC_DTYPES, parse_dtype
 
 if TYPE_CHECKING:
-    from featurestore.online.base import OnlineStore
+    from featurestore.online.base import OnlineStore, ViewVersion
     from registry.spec import FeatureViewSpec
     from registry.watcher import RegistrySnapshot, RegistryWatcher
 
@@ -64,7 +67,7 @@ _NP_ELEMENT = {
     "bool": "?", "int32": "<i4", "int64": "<i8", "float32": "<f4", "float64": "<f8", "timestamp": "<i8",
 }
 _FIRST_CAPACITY = 1024
-_UNSEEN = object()  # a view the poll has not read yet (None is "never written")
+_UNSEEN = object()  # a view the poll has not read yet
 
 
 @dataclass(frozen=True)
@@ -102,8 +105,11 @@ class ViewDecoder:
         dtypes: Sequence[str],
         names: Sequence[str],
         history: Callable[[], Sequence[Layout] | None] | None = None,
+        meanings: Sequence[str | None] | None = None,
     ) -> None:
-        self.codec = ValueCodec(dtypes, names)
+        # The writer stamps aggregated views' layout ids with the features' meanings
+        # (registry.evolution.feature_meaning): the reader must build the same id.
+        self.codec = ValueCodec(dtypes, names, meanings=meanings)
         # How often the history could not be read. The translator asks again at the next value,
         # so a batch during which this moved may hold rows decoded without it: those are not
         # kept (a failure in another thread's batch only makes this one more careful).
@@ -309,8 +315,8 @@ class FeatureCache:
         max_age_seconds: float | None = 30.0,
         layouts: Callable[[str], Sequence[Layout] | None] | None = None,
     ) -> None:
-        """``max_age_seconds``: an entry read longer ago is read again (None: no bound); it
-        bounds how long a write that moves no view's newest event time can go unseen.
+        """``max_age_seconds``: an entry read longer ago is read again (None: no bound); a
+        backstop for a change the version poll cannot see (a store that lost its data).
 
         ``layouts(view)``: the value layouts the view has had, newest first, None while they
         cannot be read (``OnlineReader.layouts``; by default one of the cache's own over the
@@ -333,8 +339,8 @@ class FeatureCache:
         self._uncacheable: set[str] = set()
         self._seen: RegistrySnapshot | None = None
         self._generations = itertools.count()
-        # The newest event time of each view at the last poll: the baseline a move is seen against.
-        self._newest: dict[str, int | None] = {}
+        # The version of each view at the last poll: the baseline a move is seen against.
+        self._versions: dict[str, ViewVersion] = {}
         self.hits = 0
         self.misses = 0
         self.invalidations = 0
@@ -409,8 +415,8 @@ class FeatureCache:
         return PendingLookup(self, requests, out, waiting, fetch, now)
 
     def poll(self) -> None:
-        """Drop the cached rows of every view whose newest event time in the online store moved
-        since the last poll: one ``newest_event_ts`` read of the cacheable online views. The
+        """Drop the cached rows of every view whose version in the online store moved since
+        the last poll: one ``view_versions`` read of the cacheable online views. The
         registry watcher calls it on its thread every ``interval`` seconds; with
         ``interval <= 0`` each lookup does. Raises what the store raises (the watcher logs it
         and polls again at the next tick; the rows stay until then)."""
@@ -467,18 +473,19 @@ class FeatureCache:
             return
         started = time.perf_counter()
         try:
-            newest = self.online_store.newest_event_ts(views)
+            versions = self.online_store.view_versions(views)
         except Exception:
             self.poll_failures += 1
             raise
         with self._lock:
-            baseline = self._newest
+            baseline = self._versions
             for view in views:
-                ts = newest.get(view)
+                version = versions.get(view)
                 # A view read for the first time (a new view, or the first poll failed) has no
                 # baseline: a write may have come between a row's read and now, so drop it too.
-                if baseline.get(view, _UNSEEN) != ts:
-                    baseline[view] = ts
+                if version is None or baseline.get(view, _UNSEEN) != version:
+                    if version is not None:
+                        baseline[view] = version
                     slab = self._slabs.get(view)
                     if slab is not None:
                         slab.clear(next(self._generations))
@@ -517,7 +524,10 @@ class FeatureCache:
                 )
             features = spec.features
             decoder = ViewDecoder(
-                [f.dtype for f in features], [f.name for f in features], partial(self.layouts, view)
+                [f.dtype for f in features],
+                [f.name for f in features],
+                partial(self.layouts, view),
+                meanings=[feature_meaning(f) for f in features],
             )
             self._decoders[view] = decoder
             if _live(spec):

@@ -26,8 +26,8 @@ from registry.errors import UserError
 
 if TYPE_CHECKING:
     from featurestore.config import RepoConfig
-    from registry.watcher import RegistryWatcher
     from featurestore.streams.base import StreamWriter
+    from registry.watcher import RegistryWatcher
 
 __all__ = ["EventError", "PushIdReusedError", "PushResult", "Pusher"]
 

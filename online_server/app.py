@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -251,8 +252,10 @@ def create_app(store: FeatureStore, *, owns_store: bool = False) -> FastAPI:
         """Checks the stores the server depends on: the online store and the registry."""
         checks: dict[str, str] = {}
         version = None
+        weakened: list[str] = []
         try:
-            store.online_store.ping()
+            # Every node of a Redis Cluster, not only the one a PING reaches.
+            weakened = store.online_store.check_health()
             checks["online_store"] = "ok"
         except FeatureStoreError as exc:
             checks["online_store"] = exc.message
@@ -265,6 +268,10 @@ def create_app(store: FeatureStore, *, owns_store: bool = False) -> FastAPI:
             checks["registry"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         ok = all(v == "ok" for v in checks.values())
         status = "ok" if ok else "unavailable"
+        if ok and weakened:
+            # Still serving every key (200, so a balancer keeps the server), with less redundancy.
+            checks["online_store_redundancy"] = "; ".join(weakened)
+            status = "degraded"
         body: dict[str, Any] = {"status": status, "checks": checks, "registry_version": version}
         if ok:
             # Did the online store lose its data (Redis restarted empty)? The guard rebuilds the

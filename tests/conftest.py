@@ -19,6 +19,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = 1
 
 REDIS_URL = os.environ.get("FEATURESTORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# .ci/run starts a 6-node Redis Cluster (.ci/redis_cluster.sh) and sets this; locally the
+# default is where `.ci/redis_cluster.sh start DIR` puts it.
+REDIS_CLUSTER_URL = os.environ.get("FEATURESTORE_TEST_REDIS_CLUSTER_URL")
+LOCAL_REDIS_CLUSTER_URL = "redis://127.0.0.1:7000"
 POSTGRES_URL = os.environ.get(
     "FEATURESTORE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -33,6 +37,48 @@ def redis_url() -> str:
     except redis.RedisError as exc:  # pragma: no cover - only when the service is down
         pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc}); start it with .ci/run")
     return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> str:
+    """The URL of a node of the test Redis Cluster, checked to serve every slot. In CI a missing
+    FEATURESTORE_TEST_REDIS_CLUSTER_URL or a cluster that does not serve fails the test;
+    locally, without the variable and without a cluster on port 7000, the test is skipped."""
+    from redis.cluster import RedisCluster
+    from redis.exceptions import RedisClusterException, RedisError
+
+    ci = bool(os.environ.get("CI"))
+    if REDIS_CLUSTER_URL is None and ci:
+        pytest.fail("FEATURESTORE_TEST_REDIS_CLUSTER_URL is not set; .ci/run starts the cluster and sets it")
+    url = REDIS_CLUSTER_URL or LOCAL_REDIS_CLUSTER_URL
+    try:
+        client = RedisCluster.from_url(url, socket_connect_timeout=2)
+        try:
+            state = client.cluster_info().get("cluster_state")
+        finally:
+            client.close()
+        if state != "ok":
+            raise RedisClusterException(f"cluster_state is {state}")
+    except (RedisError, RedisClusterException) as exc:  # pragma: no cover - only when the cluster is down
+        message = f"no Redis Cluster serving at {url} ({exc}); start one with `.ci/redis_cluster.sh start DIR`"
+        if ci or REDIS_CLUSTER_URL is not None:
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
+def delete_redis_cluster_project(url: str, project: str) -> int:
+    """Delete every key of ``project`` from the cluster (every primary is scanned)."""
+    from redis.cluster import RedisCluster
+
+    client = RedisCluster.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{project}:*", count=1_000))
+        for start in range(0, len(keys), 1_000):
+            client.unlink(*keys[start : start + 1_000])
+        return len(keys)
+    finally:
+        client.close()
 
 
 @pytest.fixture

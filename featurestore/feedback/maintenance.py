@@ -146,6 +146,7 @@ def launch_retrain(context: ServiceContext, model: str, version: int) -> bool:
         "FEATURESTORE__ONLINE_STORE__TYPE": config.online_store.type,
         "FEATURESTORE__ONLINE_STORE__PATH": str(config.resolve(config.online_store.path)),
         "FEATURESTORE__ONLINE_STORE__URL": config.online_store.url,
+        "FEATURESTORE__ONLINE_STORE__CLUSTER": "true" if config.online_store.cluster else "false",
     }
     with open(directory / "retrain.log", "ab") as out:
         subprocess.Popen(

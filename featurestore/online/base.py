@@ -18,7 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, NoReturn
+from typing import TYPE_CHECKING, ClassVar, NamedTuple, NoReturn
 
 from registry.errors import DataError, StoreUnavailableError, UserError
 from registry.spec import NAME_HELP, NAME_RE
@@ -30,6 +30,15 @@ if TYPE_CHECKING:
 
 Row = tuple[bytes, int, int, bytes]
 """(entity_key, event_ts_us, created_ts_us, payload)"""
+
+
+class ViewVersion(NamedTuple):
+    """What a reader compares to tell whether a view changed (``OnlineStore.view_versions``)."""
+
+    #: The newest event time written to the view (None: never written).
+    newest_event_ts: int | None
+    #: A count that, together with the newest time, moves with every write that wins a row.
+    writes: int
 
 
 class OnlineStore(ABC):
@@ -50,6 +59,9 @@ class OnlineStore(ABC):
     supports_ttl: ClassVar[bool] = False
     #: Several processes may open the same store at once and see each other's writes.
     multi_process: ClassVar[bool] = False
+    #: The store is a Redis Cluster: keys that must share a slot carry a hash tag
+    #: (``featurestore.online.redis_keys``; the stream job's state uses ``cluster_stream_prefix``).
+    cluster: ClassVar[bool] = False
 
     def __init__(self, project: str) -> None:
         if not isinstance(project, str) or not NAME_RE.match(project):
@@ -96,6 +108,15 @@ class OnlineStore(ABC):
         """The newest event time written to each view, None for a view never written."""
         self._unimplemented("newest_event_ts")
 
+    def view_versions(self, views: Sequence[str]) -> dict[str, ViewVersion]:
+        """The version of each view: it differs between two calls when, and only when, a
+        ``write_latest`` in between won at least one row of the view (a rewrite with equal
+        timestamps counts; a store that lost its data may repeat an old version). One round
+        trip. This is what an item cache polls: the newest time alone stands still for a row
+        written with an older event time than the view's newest (a late or corrected row, or
+        any row after a future-dated one)."""
+        self._unimplemented("view_versions")
+
     def put_blobs(self, namespace: str, items: Mapping[bytes, bytes]) -> None:
         """Store binary blobs (e.g. per-user model state) under a namespace, overwriting."""
         self._unimplemented("put_blobs")
@@ -134,6 +155,13 @@ class OnlineStore(ABC):
     def ping(self) -> None:
         """Raise StoreUnavailableError when the store cannot be reached."""
         self._unimplemented("ping")
+
+    def check_health(self) -> list[str]:
+        """``ping``, and what the store reports as weakened while it still serves (e.g. a Redis
+        Cluster replica down): a sentence each, for ``GET /health``. Raises
+        StoreUnavailableError when the store cannot serve."""
+        self.ping()
+        return []
 
     def close(self) -> None:
         """Release connections; the store cannot be used afterwards. Idempotent."""

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from featurestore.online.base import (
     OnlineStore,
     Row,
+    ViewVersion,
     check_namespace,
     check_view,
     chunks,
@@ -61,6 +62,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (project, view)
         ) WITHOUT ROWID""",
     ),
+    (
+        # Winning write transactions per view (``view_versions``): with the newest time, it
+        # moves with every write that wins a row. A table of its own, so ``meta`` keeps the
+        # bytes it had (it is compared across runners, whose chunking differs).
+        """CREATE TABLE writes (
+            project TEXT NOT NULL,
+            view TEXT NOT NULL,
+            writes INTEGER NOT NULL,
+            PRIMARY KEY (project, view)
+        ) WITHOUT ROWID""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -75,6 +87,10 @@ _UPSERT_NEWEST = """
 INSERT INTO meta (project, view, newest_event_ts) VALUES (?, ?, ?)
 ON CONFLICT (project, view) DO UPDATE SET
     newest_event_ts = max(meta.newest_event_ts, excluded.newest_event_ts)
+"""
+_BUMP_WRITES = """
+INSERT INTO writes (project, view, writes) VALUES (?, ?, 1)
+ON CONFLICT (project, view) DO UPDATE SET writes = writes.writes + 1
 """
 _UPSERT_BLOB = """
 INSERT INTO blobs (project, namespace, key, value) VALUES (?, ?, ?, ?)
@@ -248,8 +264,11 @@ class EmbeddedOnlineStore(OnlineStore):
             newest = max(row[1] for row in chunk)
             params = [(project, view, k, e, c, p) for k, e, c, p in chunk]
             with self._guard("writing"), _transaction(conn):
-                written += conn.executemany(_UPSERT_LATEST, params).rowcount
+                won = conn.executemany(_UPSERT_LATEST, params).rowcount
                 conn.execute(_UPSERT_NEWEST, (project, view, newest))
+                if won:
+                    conn.execute(_BUMP_WRITES, (project, view))
+            written += won
         return written
 
     def read_latest(self, view_keys: Sequence[tuple[str, bytes]]) -> list[tuple[int, bytes] | None]:
@@ -295,6 +314,28 @@ class EmbeddedOnlineStore(OnlineStore):
             )
         out.update(rows)
         return out
+
+    def view_versions(self, views: Sequence[str]) -> dict[str, ViewVersion]:
+        self._check_open()
+        views = list(views)
+        if not views:
+            return {}
+        marks = ",".join("?" * len(views))
+        conn = self._conn()
+        with self._guard("reading"), _transaction(conn, "BEGIN"):  # one snapshot of both tables
+            newest = dict(
+                conn.execute(
+                    f"SELECT view, newest_event_ts FROM meta WHERE project = ? AND view IN ({marks})",
+                    [self.project, *views],
+                )
+            )
+            writes = dict(
+                conn.execute(
+                    f"SELECT view, writes FROM writes WHERE project = ? AND view IN ({marks})",
+                    [self.project, *views],
+                )
+            )
+        return {view: ViewVersion(newest.get(view), writes.get(view, 0)) for view in views}
 
     # -- blobs -----------------------------------------------------------------------------------
     def put_blobs(self, namespace: str, items: Mapping[bytes, bytes]) -> None:

@@ -18,11 +18,16 @@ BACKENDS: dict[str, str] = {
     "embedded": "featurestore.online.embedded:EmbeddedOnlineStore",
     "redis": "featurestore.online.redis_store:RedisOnlineStore",
 }
+#: ``type: redis`` with ``cluster: true`` (docs/redis-cluster.md).
+CLUSTER_BACKENDS: dict[str, str] = {
+    "redis": "featurestore.online.redis_cluster_store:RedisClusterOnlineStore",
+}
 
 
-def load_backend(type_: str) -> type[OnlineStore]:
-    """The store class registered for ``type_``, checked to be an ``OnlineStore``."""
-    target = BACKENDS.get(type_)
+def load_backend(type_: str, *, cluster: bool = False) -> type[OnlineStore]:
+    """The store class registered for ``type_`` (its cluster variant with ``cluster``),
+    checked to be an ``OnlineStore``."""
+    target = (CLUSTER_BACKENDS if cluster else BACKENDS).get(type_)
     if target is None:
         raise ConfigError(
             f"unknown online_store.type {type_!r}",
@@ -45,4 +50,4 @@ def open_online_store(config: OnlineStoreConfig, project: str, root: Path) -> On
     >>> type(store).__name__
     'MemoryOnlineStore'
     """
-    return load_backend(config.type).from_config(config, project, Path(root))
+    return load_backend(config.type, cluster=config.cluster).from_config(config, project, Path(root))

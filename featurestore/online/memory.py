@@ -15,6 +15,7 @@ from typing import ClassVar
 from featurestore.online.base import (
     OnlineStore,
     Row,
+    ViewVersion,
     check_namespace,
     check_view,
     chunks,
@@ -28,6 +29,7 @@ class _KeySpace:
     # (view, entity_key) -> (event_ts_us, created_ts_us, payload)
     latest: dict[tuple[str, bytes], tuple[int, int, bytes]] = field(default_factory=dict)
     newest: dict[str, int] = field(default_factory=dict)
+    writes: dict[str, int] = field(default_factory=dict)  # winning write chunks per view
     blobs: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
 
 
@@ -70,6 +72,7 @@ class MemoryOnlineStore(OnlineStore):
         for chunk in chunks(rows, 10_000):
             with space.lock:
                 latest = space.latest
+                before = written
                 for key, event_ts, created_ts, payload in chunk:
                     if cutoff is not None and event_ts <= cutoff:
                         continue
@@ -83,6 +86,8 @@ class MemoryOnlineStore(OnlineStore):
                         newest = event_ts
                 if newest is not None and newest > space.newest.get(view, newest - 1):
                     space.newest[view] = newest
+                if written > before:
+                    space.writes[view] = space.writes.get(view, 0) + 1
         return written
 
     def read_latest(self, view_keys: Sequence[tuple[str, bytes]]) -> list[tuple[int, bytes] | None]:
@@ -97,6 +102,12 @@ class MemoryOnlineStore(OnlineStore):
     def newest_event_ts(self, views: Sequence[str]) -> dict[str, int | None]:
         self._check_open()
         return {view: self._space.newest.get(view) for view in views}
+
+    def view_versions(self, views: Sequence[str]) -> dict[str, ViewVersion]:
+        self._check_open()
+        space = self._space
+        with space.lock:
+            return {view: ViewVersion(space.newest.get(view), space.writes.get(view, 0)) for view in views}
 
     def put_blobs(self, namespace: str, items: Mapping[bytes, bytes]) -> None:
         self._check_open()

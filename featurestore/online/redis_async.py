@@ -242,7 +242,11 @@ class AsyncRedisReader:
     [b'1', None]
     """
 
-    def __init__(self, url: str, connect_timeout: float = 5.0, timeout: float = 30.0) -> None:
+    def __init__(
+        self, url: str, connect_timeout: float = 5.0, timeout: float = 30.0, *, address: tuple[str, int] | None = None
+    ) -> None:
+        """``address``: connect to this host and port instead of the URL's, with the URL's
+        credentials (a Redis Cluster node, ``redis_cluster_async``)."""
         if not supports_url(url):
             raise ValueError(f"AsyncRedisReader handles redis:// and unix:// URLs, not {urlsplit(url).scheme}://")
         # The blocking client's own parser, so both read the same database with the same
@@ -251,6 +255,9 @@ class AsyncRedisReader:
 
         self.url = url
         self.params = parse_url(url)
+        if address is not None:
+            self.params.pop("path", None)
+            self.params["host"], self.params["port"] = address
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         # Several loops may use one reader (successive asyncio.run calls, a test client's
@@ -272,6 +279,26 @@ class AsyncRedisReader:
         if isinstance(reply, RespError):
             raise reply
         return reply
+
+    async def execute_many(self, commands: list[tuple[bytes | str | int, ...]]) -> list[Any]:
+        """Send several commands back to back on this loop's connection (nothing else comes
+        between them, so ``ASKING`` applies to the command after it) and return their replies
+        in order; an error reply is returned as a ``RespError`` value, not raised. Connection
+        failures raise as for ``execute``."""
+        loop = asyncio.get_running_loop()
+        conn = self._loops.get(loop)
+        protocol = None if conn is None else conn.protocol
+        if protocol is None or protocol.error is not None:
+            protocol = await self._connect(loop)
+        futures = [protocol.send(encode_command(*command)) for command in commands]
+        # Every future is awaited (a lost connection fails them all), so none is left with an
+        # exception nobody retrieved.
+        replies = await asyncio.gather(*futures, return_exceptions=True)
+        for reply in replies:
+            # An error reply is a RespError *value*; anything else raised is the connection's.
+            if isinstance(reply, BaseException) and not isinstance(reply, RespError):
+                raise reply
+        return replies
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
         conn = self._loops.get(loop)

@@ -1,10 +1,11 @@
 """The Redis online store: one key per (view, entity), newer-only writes in a Lua script.
 
-Key layout (pinned by tests/online/test_redis_layout_golden.py, described in
-docs/online-store.md)::
+Key layout (``featurestore.online.redis_keys``; pinned by tests/online/test_redis_layout_golden.py,
+described in docs/online-store.md)::
 
     {project}:{view}:{entity_key}             8-byte event_ts_us | 8-byte created_ts_us | payload
     {project}:__meta__:newest:{view}          8-byte newest event_ts_us written to the view
+    {project}:__meta__:writes:{view}          winning writes that did not raise the newest time
     {project}:__blob__:{namespace}:{key}      the blob
 
 Integers are little-endian signed. View names cannot start with ``__`` (registry rule), so the
@@ -13,9 +14,12 @@ meta and blob keys never collide with a view's keys.
 Writes go in pipelines of ``rows_per_pipeline`` rows, as EVALSHA calls of ``rows_per_script``
 rows each: the script reads the stored values with one MGET, keeps the rows whose
 (event, created) is at least the stored one, writes them (one MSET, or SET ... PXAT per row with
-a TTL) and raises the view's newest-event key, so a row and the meta key change atomically.
-Reads are one MGET. The store needs Redis >= 6.2 (PXAT) and is not Redis Cluster aware: one
-script touches keys of many slots.
+a TTL), raises the view's newest-event key and, when rows won without raising it, counts the
+write in the view's writes key: a row and the meta keys change atomically, and the pair
+(newest, writes) moves with every winning write (``view_versions``). The writes key appears only
+once a write wins without raising the newest time, so a view written in event-time order holds
+exactly the keys it held before the counter existed. Reads are one MGET. The store needs
+Redis >= 6.2 (PXAT). Redis Cluster is ``redis_cluster_store`` (``online_store.cluster: true``).
 """
 
 from __future__ import annotations
@@ -39,11 +43,13 @@ from featurestore.online import redis_async
 from featurestore.online.base import (
     OnlineStore,
     Row,
+    ViewVersion,
     check_namespace,
     check_view,
     chunks,
     expiry_cutoff_us,
 )
+from featurestore.online.redis_keys import StandaloneKeys
 from registry.errors import ConfigError, FeatureStoreError
 
 if TYPE_CHECKING:
@@ -53,23 +59,27 @@ HEADER = struct.Struct("<qq")  # event_ts_us, created_ts_us
 HEADER_SIZE = HEADER.size
 _TS = struct.Struct("<q")
 
-# KEYS[1]: the view's newest-event key, KEYS[2..]: row keys.
+# KEYS[1]: the newest-event key, KEYS[2]: the writes key, KEYS[3..]: row keys (one slot on a
+# cluster: there, the meta keys are the bucket's).
 # ARGV[1]: '1' when every value is followed by its absolute expiry in ms (SET PXAT), else '0'.
+# ARGV[2]: '1' to count every call that wins a row; '0' to count only one that wins rows without
+# raising the newest time (a raise is itself a visible change).
 # Returns the number of rows written. Timestamps are compared as (high signed 32 bits, low
 # unsigned 32 bits) pairs because Lua numbers are doubles, exact only up to 2^53.
 WRITE_LATEST_LUA = """
 local with_ttl = ARGV[1] == '1'
+local count_all = ARGV[2] == '1'
 local stride = with_ttl and 2 or 1
-local n = #KEYS - 1
-local stored = redis.call('MGET', unpack(KEYS, 2, n + 1))
+local n = #KEYS - 2
+local stored = redis.call('MGET', unpack(KEYS, 3, n + 2))
 -- The value each key holds so far, so a key given twice in one call compares with the winner.
 local current = {}
-for i = 1, n do current[KEYS[i + 1]] = stored[i] end
+for i = 1, n do current[KEYS[i + 2]] = stored[i] end
 local written, best_hi, best_lo = 0, nil, nil
 local mset = {}
 for i = 1, n do
-  local key = KEYS[i + 1]
-  local value = ARGV[2 + (i - 1) * stride]
+  local key = KEYS[i + 2]
+  local value = ARGV[3 + (i - 1) * stride]
   local elo, ehi, clo, chi = struct.unpack('<I4i4I4i4', value)
   local wins = true
   local old = current[key]
@@ -84,7 +94,7 @@ for i = 1, n do
     written = written + 1
     current[key] = value
     if with_ttl then
-      redis.call('SET', key, value, 'PXAT', ARGV[3 + (i - 1) * 2])
+      redis.call('SET', key, value, 'PXAT', ARGV[4 + (i - 1) * 2])
     else
       -- MSET keeps the last value of a repeated key, and a later winner is the newer one.
       mset[#mset + 1] = key
@@ -96,15 +106,17 @@ for i = 1, n do
   end
 end
 if #mset > 0 then redis.call('MSET', unpack(mset)) end
+local raised = false
 if best_hi then
   local current = redis.call('GET', KEYS[1])
-  local raise = true
+  raised = true
   if current then
     local lo, hi = struct.unpack('<I4i4', current)
-    raise = best_hi > hi or (best_hi == hi and best_lo > lo)
+    raised = best_hi > hi or (best_hi == hi and best_lo > lo)
   end
-  if raise then redis.call('SET', KEYS[1], struct.pack('<I4i4', best_lo, best_hi)) end
+  if raised then redis.call('SET', KEYS[1], struct.pack('<I4i4', best_lo, best_hi)) end
 end
+if written > 0 and (count_all or not raised) then redis.call('INCR', KEYS[2]) end
 return written
 """
 WRITE_LATEST_SHA = hashlib.sha1(WRITE_LATEST_LUA.encode()).hexdigest()
@@ -113,6 +125,15 @@ WRITE_LATEST_SHA = hashlib.sha1(WRITE_LATEST_LUA.encode()).hexdigest()
 # Replies to a connection whose credentials are wrong or missing: a configuration problem.
 _CREDENTIAL_REPLIES = ("NOAUTH", "WRONGPASS", "NOPERM")
 _UNAVAILABLE_REPLIES = ("OOM", "MISCONF", "LOADING", "READONLY", "MASTERDOWN", "NOREPLICAS", "BUSY")
+# What a single-Redis client hears from a Redis Cluster node; on a cluster (after the client's
+# redirects ran out), a failover or resharding in progress.
+_CLUSTER_REPLIES = ("MOVED", "ASK", "CROSSSLOT", "CLUSTERDOWN", "TRYAGAIN")
+_CLUSTER_ERRORS = (
+    redis.exceptions.AskError,  # MovedError too
+    redis.exceptions.ClusterCrossSlotError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+)
 
 
 def redact(url: str) -> str:
@@ -174,7 +195,7 @@ class RedisOnlineStore(OnlineStore):
                 f"bad online_store.url {redact(url)!r}: {exc}",
                 hint="use a URL such as redis://127.0.0.1:6379/0 or rediss://user:pass@host:6380/0",
             ) from None
-        self._prefix = f"{project}:".encode()
+        self._keys = StandaloneKeys(project)
         self._view_prefixes: dict[str, bytes] = {}
         # The async read path (the online server) has its own pipelined connection; TLS URLs
         # use the blocking client in a worker thread instead (see redis_async).
@@ -182,6 +203,11 @@ class RedisOnlineStore(OnlineStore):
 
     @classmethod
     def from_config(cls, config: OnlineStoreConfig, project: str, root: Path) -> RedisOnlineStore:
+        if config.cluster and not cls.cluster:
+            raise ConfigError(
+                "online_store.cluster is true: open the store with open_online_store (a "
+                "RedisClusterOnlineStore), not RedisOnlineStore"
+            )
         return cls(project, config.url)
 
     @property
@@ -198,16 +224,20 @@ class RedisOnlineStore(OnlineStore):
         prefix = self._view_prefixes.get(view)
         if prefix is None:
             check_view(view)
-            prefix = self._view_prefixes[view] = self._prefix + view.encode() + b":"
+            prefix = self._view_prefixes[view] = self._keys.row_prefix(view)
         return prefix
 
     def newest_key(self, view: str) -> bytes:
         check_view(view)
-        return self._prefix + b"__meta__:newest:" + view.encode()
+        return self._keys.newest(view)
+
+    def writes_key(self, view: str) -> bytes:
+        check_view(view)
+        return self._keys.writes(view)
 
     def blob_prefix(self, namespace: str) -> bytes:
         check_namespace(namespace)
-        return self._prefix + b"__blob__:" + namespace.encode() + b":"
+        return self._keys.blob_prefix(namespace)
 
     # -- errors ----------------------------------------------------------------------------------
     @contextmanager
@@ -228,7 +258,14 @@ class RedisOnlineStore(OnlineStore):
             return self._unavailable(
                 what, exc, f"check the user and password in online_store.url ({self.address})"
             )
-        if str(exc).startswith(_UNAVAILABLE_REPLIES):
+        # redis-py turns some replies into typed errors with messages of its own.
+        cluster_reply = isinstance(exc, _CLUSTER_ERRORS) or str(exc).startswith(_CLUSTER_REPLIES)
+        if not self.cluster and cluster_reply:
+            return self._unavailable(
+                what, exc, f"{self.address} is a Redis Cluster node: set online_store.cluster: true "
+                "(or FEATURESTORE__ONLINE_STORE__CLUSTER=true)",
+            )
+        if cluster_reply or str(exc).startswith(_UNAVAILABLE_REPLIES):
             return self._unavailable(what, exc, self._hint())
         return FeatureStoreError(
             f"the redis online store at {self.address} refused {what}: {exc}",
@@ -244,8 +281,7 @@ class RedisOnlineStore(OnlineStore):
         prefix = self._view_prefix(view)
         cutoff = expiry_cutoff_us(ttl_seconds)
         ttl_us = ttl_seconds * 1_000_000
-        newest_key = self.newest_key(view)
-        pack = HEADER.pack
+        newest_key, writes_key = self.newest_key(view), self.writes_key(view)
         step = self.rows_per_script
         written = 0
         for chunk in chunks(rows, self.rows_per_pipeline):
@@ -255,16 +291,9 @@ class RedisOnlineStore(OnlineStore):
             for start in range(0, len(chunk), step):
                 part = chunk[start : start + step]
                 keys = [prefix + row[0] for row in part]
-                if cutoff is None:
-                    args: list[Any] = ["0"]
-                    args += [pack(e, c) + p for _, e, c, p in part]
-                else:
-                    args = ["1"]
-                    for _, e, c, p in part:
-                        # Ceiling to whole ms, so a key never expires before event time + ttl.
-                        args += (pack(e, c) + p, -(-(e + ttl_us) // 1000))
+                args = script_args(part, None if cutoff is None else expiry_ms(part, ttl_us), count_all=False)
                 commands.append(
-                    ("EVALSHA", WRITE_LATEST_SHA, len(keys) + 1, newest_key, *keys, *args)
+                    ("EVALSHA", WRITE_LATEST_SHA, len(keys) + 2, newest_key, writes_key, *keys, *args)
                 )
             if commands:
                 written += sum(self._run_scripts(commands))
@@ -327,6 +356,20 @@ class RedisOnlineStore(OnlineStore):
             values = self._client.execute_command("MGET", *keys)
         return {
             view: None if v is None else _TS.unpack_from(v)[0] for view, v in zip(views, values)
+        }
+
+    def view_versions(self, views: Sequence[str]) -> dict[str, ViewVersion]:
+        views = list(views)
+        if not views:
+            self._check_open()
+            return {}
+        keys = [self.newest_key(view) for view in views] + [self.writes_key(view) for view in views]
+        with self._guard("reading"):
+            values = self._client.execute_command("MGET", *keys)
+        n = len(views)
+        return {
+            view: ViewVersion(None if newest is None else _TS.unpack_from(newest)[0], int(writes or 0))
+            for view, newest, writes in zip(views, values[:n], values[n:])
         }
 
     # -- blobs -----------------------------------------------------------------------------------
@@ -445,6 +488,25 @@ for i = 1, #KEYS do
 end
 return failed
 """
+
+
+def script_args(rows: Sequence[Row], expiries: Sequence[int] | None, *, count_all: bool) -> list[Any]:
+    """ARGV of WRITE_LATEST_LUA for ``rows``: the flags, then each value (and its absolute
+    expiry in ms, from ``expiries``, when given)."""
+    pack = HEADER.pack
+    if expiries is None:
+        args: list[Any] = [b"0", b"1" if count_all else b"0"]
+        args += [pack(e, c) + p for _, e, c, p in rows]
+        return args
+    args = [b"1", b"1" if count_all else b"0"]
+    for (_, e, c, p), expiry in zip(rows, expiries):
+        args += (pack(e, c) + p, expiry)
+    return args
+
+
+def expiry_ms(rows: Sequence[Row], ttl_us: int) -> list[int]:
+    """Each row's expiry: event time + ttl, ceiled to whole ms so a key never expires early."""
+    return [-(-(e + ttl_us) // 1000) for _, e, _, _ in rows]
 
 
 def _glob_escape(raw: bytes) -> bytes:

@@ -11,17 +11,23 @@
 Entries stay in the stream after they are acknowledged (trim it with ``XTRIM ... MINID`` below
 the oldest id every group has read, e.g. from a cron job); the group only moves its cursor.
 
+A stream may live in a Redis Cluster (``connect`` asks the server which it is). Every command
+above names one stream; the idempotent push's script also writes its marker, which is then put
+in the stream's slot (``redis_keys.stream_slot_prefix``: ``{stream}:`` + the marker's name).
+
     >>> reader = RedisStreamReader("redis://127.0.0.1:6379/0", "clicks", "features", schema, "job-1")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import redis
 
+from featurestore.online.redis_keys import stream_slot_prefix
 from featurestore.online.redis_store import open_client, redact
 from featurestore.streams.base import OnceResult, StreamRead, StreamReader, StreamWriter
 from featurestore.streams.encoding import DATA_FIELD, decode_events, decode_payloads
@@ -53,11 +59,25 @@ return {table.concat(ids, ' '), table.concat(data, '\\n'), table.concat(sizes, '
 """
 
 
-def connect(url: str) -> redis.Redis:
-    """The online store's client policy (``open_client``) for a stream's Redis. An XADD without
-    a push_id repeated after a dropped reply could add an event twice, which at-least-once
-    delivery allows."""
+# Whether the Redis at a URL is a cluster, as its server said (asked once per process and URL).
+_CLUSTER_URLS: dict[str, bool] = {}
+_CLUSTER_URLS_LOCK = threading.Lock()
+
+
+def connect(url: str, cluster: bool | None = None) -> Any:
+    """The online store's client policy (``open_client``) for a stream's Redis: a
+    ``redis.Redis``, or a ``redis.cluster.RedisCluster`` when the server is a cluster node
+    (``cluster=None`` asks it, once per process and URL, with ``INFO cluster``). An XADD
+    without a push_id repeated after a dropped reply could add an event twice, which
+    at-least-once delivery allows. Raises StoreUnavailableError when the question cannot be
+    asked."""
     try:
+        if cluster is None:
+            cluster = _is_cluster(url)
+        if cluster:
+            from featurestore.online.redis_cluster_store import open_cluster_client
+
+            return open_cluster_client(url)
         return open_client(url)
     except ValueError as exc:
         raise ConfigError(
@@ -65,6 +85,24 @@ def connect(url: str) -> redis.Redis:
             hint="use a URL such as redis://127.0.0.1:6379/0 in stream_source.url or "
             "online_store.url",
         ) from None
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+        raise StoreUnavailableError(
+            f"the Redis of a stream at {redact(url)} is unavailable (connecting: {exc})",
+            hint=f"start Redis at {redact(url)} or set the view's stream_source.url",
+        ) from exc
+
+
+def _is_cluster(url: str) -> bool:
+    known = _CLUSTER_URLS.get(url)
+    if known is None:
+        probe = open_client(url)
+        try:
+            known = bool(probe.info("cluster").get("cluster_enabled"))
+        finally:
+            probe.close()
+        with _CLUSTER_URLS_LOCK:
+            _CLUSTER_URLS[url] = known
+    return known
 
 
 @contextmanager
@@ -72,7 +110,8 @@ def guard(url: str, stream: str, what: str) -> Iterator[None]:
     """Redis errors as the project's errors, naming the stream and the server."""
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.RedisClusterException) as exc:
+        # RedisClusterException: no node reachable, or a slot without a primary.
         raise StoreUnavailableError(
             f"the Redis stream {stream!r} at {redact(url)} is unavailable ({what}: {exc})",
             hint=f"start Redis at {redact(url)} or set the view's stream_source.url",
@@ -239,6 +278,7 @@ class RedisStreamWriter(StreamWriter):
         self.url = url
         self.stream = stream
         self.client = connect(url)
+        self.cluster = not isinstance(self.client, redis.Redis)
 
     @classmethod
     def from_source(cls, source: Any, *, default_url: str) -> RedisStreamWriter:
@@ -257,9 +297,11 @@ class RedisStreamWriter(StreamWriter):
     def append_once(self, payloads: Sequence[bytes], marker: str, digest: str, ttl_seconds: int) -> OnceResult:
         # One script: the entries and the marker appear together or not at all (Redis runs a
         # script without interleaving), so a push retried after a lost reply appends nothing.
+        # On a cluster, the marker goes to the stream's slot.
+        key = stream_slot_prefix(self.stream) + marker if self.cluster else marker
         with guard(self.url, self.stream, "appending events"):
             reply = self.client.eval(
-                _APPEND_ONCE_LUA, 2, marker, self.stream, ttl_seconds * 1000, digest, DATA_FIELD, *payloads
+                _APPEND_ONCE_LUA, 2, key, self.stream, ttl_seconds * 1000, digest, DATA_FIELD, *payloads
             )
         appended, summary = int(reply[0]), _text(reply[1])
         first_id, last_id, count, stored_digest = summary.split(" ")

@@ -12,6 +12,7 @@ import pytest
 from featurestore.config import OnlineStoreConfig
 from featurestore.online.base import OnlineStore
 from featurestore.online.factory import open_online_store
+from tests.online.conftest import store_config
 
 
 def test_swap_semantics(store: OnlineStore) -> None:
@@ -44,8 +45,8 @@ def test_concurrent_increments_lose_nothing_threads(store: OnlineStore) -> None:
     assert struct.unpack("<q", store.get_blobs("cas", [b"counter"])[0])[0] == 600
 
 
-def _increment_in_process(kind: str, root: str, url: str, project: str, times: int, barrier) -> None:  # type: ignore[no-untyped-def]
-    config = OnlineStoreConfig.model_validate({"type": kind, "path": "online.db", "url": url})
+def _increment_in_process(section: dict, root: str, project: str, times: int, barrier) -> None:  # type: ignore[no-untyped-def]
+    config = OnlineStoreConfig.model_validate(section)
     store = open_online_store(config, project, Path(root))
     store.ping()  # open (and, for a new file, initialise) before the race starts
     barrier.wait(timeout=60)
@@ -53,16 +54,24 @@ def _increment_in_process(kind: str, root: str, url: str, project: str, times: i
     store.close()
 
 
-@pytest.mark.parametrize("kind", ["embedded", pytest.param("redis", marks=pytest.mark.integration)])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "embedded",
+        pytest.param("redis", marks=pytest.mark.integration),
+        pytest.param("redis_cluster", marks=pytest.mark.integration),
+    ],
+)
 def test_concurrent_increments_lose_nothing_processes(
     kind: str, tmp_path: Path, unique_project: str, request: pytest.FixtureRequest
 ) -> None:
-    url = request.getfixturevalue("redis_url") if kind == "redis" else "redis://unused:1/0"
+    section = store_config(kind, request)
+    section.setdefault("path", "online.db")
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
     procs = [
         ctx.Process(
-            target=_increment_in_process, args=(kind, str(tmp_path), url, unique_project, 150, barrier), daemon=True
+            target=_increment_in_process, args=(section, str(tmp_path), unique_project, 150, barrier), daemon=True
         )
         for _ in range(2)
     ]
@@ -76,14 +85,37 @@ def test_concurrent_increments_lose_nothing_processes(
         for p in procs:  # never leave a child behind: pytest would wait for it at exit
             if p.is_alive():
                 p.kill()
-    config = OnlineStoreConfig.model_validate({"type": kind, "path": "online.db", "url": url})
-    store = open_online_store(config, unique_project, tmp_path)
+    store = open_online_store(OnlineStoreConfig.model_validate(section), unique_project, tmp_path)
     try:
         assert struct.unpack("<q", store.get_blobs("cas", [b"counter"])[0])[0] == 300
     finally:
         store.delete_namespace("cas")
         store.close()
 
+
+def test_a_swap_over_many_keys_reports_the_losers_in_order(store: OnlineStore) -> None:
+    """Keys of every bucket of a cluster (one script each): each swap is decided alone."""
+    keys = [b"u%d" % i for i in range(200)]
+    assert store.compare_and_swap_blobs("cas", {k: (None, b"1") for k in keys}) == []
+    swaps = {k: ((b"1" if i % 3 else b"stale"), b"2") for i, k in enumerate(keys)}
+    assert store.compare_and_swap_blobs("cas", swaps) == [k for i, k in enumerate(keys) if not i % 3]
+    assert store.get_blobs("cas", keys) == [b"1" if not i % 3 else b"2" for i in range(200)]
+
+
+@pytest.mark.integration
+def test_the_cluster_swap_is_never_resent(redis_cluster_url: str, unique_project: str) -> None:
+    """As on one Redis: the swaps go through a client without retries (redirects are still
+    followed: a redirected command has not run)."""
+    from featurestore.online.redis_cluster_store import RedisClusterOnlineStore
+
+    store = RedisClusterOnlineStore(unique_project, redis_cluster_url)
+    try:
+        assert store.compare_and_swap_blobs("cas", {b"k": (None, b"v")}) == []
+        assert store._swap_client().retry.get_retries() == 0
+        assert store.client.retry.get_retries() > 0
+    finally:
+        store.delete_namespace("cas")
+        store.close()
 
 
 @pytest.mark.integration

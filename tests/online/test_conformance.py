@@ -137,6 +137,30 @@ def test_newest_event_ts(store: OnlineStore) -> None:
     assert store.newest_event_ts([]) == {}
 
 
+def test_view_versions_move_with_every_winning_write(store: OnlineStore) -> None:
+    """What the item cache polls (review finding 3a of issue 14): a future-dated row pins the
+    newest time, and the version must still move for every later row that wins."""
+    assert store.view_versions(["users"]) == {"users": (None, 0)}
+    assert store.view_versions([]) == {}
+    future = NOW_US + 3600 * 1_000_000
+    store.write_latest("users", [row(b"1", future)])
+    pinned = store.view_versions(["users"])["users"]
+    assert pinned.newest_event_ts == future
+    assert store.write_latest("users", [row(b"2", NOW_US)]) == 1  # older than the newest: wins
+    moved = store.view_versions(["users"])["users"]
+    assert moved != pinned and moved.newest_event_ts == future
+    assert store.write_latest("users", [row(b"2", NOW_US - 1)]) == 0  # loses: nothing moves
+    assert store.view_versions(["users"])["users"] == moved
+    assert store.write_latest("users", [row(b"2", NOW_US)]) == 1  # a rerun rewrites: it moves
+    rerun = store.view_versions(["users"])["users"]
+    assert rerun not in (moved, pinned)
+    store.write_latest("items", [row(b"1", 7)])
+    both = store.view_versions(["users", "items", "never"])
+    assert both["users"] == rerun and both["items"].newest_event_ts == 7
+    assert both["never"] == (None, 0)
+    assert store.newest_event_ts(["users"]) == {"users": future}
+
+
 def test_blobs_round_trip_and_delete_namespace(store: OnlineStore) -> None:
     store.put_blobs("model_state/ctr", {b"u1": b"\x01\x02", b"u:2": b"", b"u*3": b"x" * 5000})
     store.put_blobs("model_state", {b"u1": b"sibling namespace"})
@@ -218,9 +242,11 @@ def test_closed_store_raises_unavailable(store: OnlineStore) -> None:
 
 def test_ping_and_capabilities(store: OnlineStore, backend: str) -> None:
     store.ping()
-    assert store.kind == backend
-    assert store.supports_ttl is (backend == "redis")
+    assert store.check_health() == []
+    assert store.kind == backend.removesuffix("_cluster")
+    assert store.supports_ttl is backend.startswith("redis")
     assert store.multi_process is (backend != "memory")
+    assert store.cluster is (backend == "redis_cluster")
     assert store.project in repr(store)
 
 
@@ -239,7 +265,19 @@ def test_factory_map_names_only_online_stores() -> None:
     assert set(BACKENDS) == {"memory", "embedded", "redis"}
     for kind in BACKENDS:
         cls = load_backend(kind)
-        assert issubclass(cls, OnlineStore) and cls.kind == kind
+        assert issubclass(cls, OnlineStore) and cls.kind == kind and not cls.cluster
+    cluster = load_backend("redis", cluster=True)
+    assert cluster.kind == "redis" and cluster.cluster
+
+
+def test_the_cluster_switch_is_checked(tmp_path: Path) -> None:
+    from registry.errors import ConfigError
+
+    with pytest.raises(ValueError, match="cluster: true needs type: redis"):
+        OnlineStoreConfig.model_validate({"type": "embedded", "cluster": True})
+    config = OnlineStoreConfig.model_validate({"type": "redis", "url": "redis://h:7000", "cluster": "true"})
+    with pytest.raises(ConfigError, match="open_online_store"):
+        RedisOnlineStore.from_config(config, "demo", tmp_path)
 
 
 def test_factory_refuses_a_class_that_is_not_a_store(monkeypatch: pytest.MonkeyPatch) -> None:

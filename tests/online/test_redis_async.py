@@ -364,3 +364,26 @@ def test_wrong_credentials_are_unavailable_with_a_hint_and_no_password(redis_url
         store.close()
         admin.execute_command("ACL", "DELUSER", user)
         admin.close()
+
+
+@pytest.mark.integration
+def test_execute_many_sends_back_to_back_and_returns_error_replies(redis_url: str, keys: list[bytes]) -> None:
+    host, port = redis_url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    # ``address`` overrides the URL's host and port (a cluster node), keeping its credentials.
+    reader = AsyncRedisReader("redis://unused:1/0", address=(host, int(port)))
+
+    async def scenario() -> list[object]:
+        try:
+            return await reader.execute_many([(b"GET", keys[0]), (b"NOSUCHCOMMAND",), (b"MGET", keys[1], b"missing")])
+        finally:
+            reader.close()
+
+    first, error, last = asyncio.run(scenario())
+    assert first == b"v\r\n0" and last == [b"v\r\n1", None]
+    assert isinstance(error, RespError) and "unknown command" in str(error).lower()
+
+
+def test_execute_many_raises_a_lost_connection() -> None:
+    reader = AsyncRedisReader("redis://127.0.0.1:1/0")
+    with pytest.raises(ConnectionRefusedError):
+        asyncio.run(reader.execute_many([(b"PING",), (b"PING",)]))

@@ -1,7 +1,8 @@
-"""The item feature cache follows the online store's newest event time per view (any writer, no
-materialization run recorded), off the request path; a write that moves no newest time is
-bounded by ``max_age_seconds``; views the newest time cannot follow are never cached (issue 14,
-item 7). The two-server test is tests/server/test_cache_two_servers.py."""
+"""The item feature cache follows the online store's version of each view (its newest event time
+and a count of winning writes; any writer, no materialization run recorded), off the request
+path; ``max_age_seconds`` is a backstop; views the version cannot follow are never cached (issue
+14, item 7). The two-server test is tests/server/test_cache_two_servers.py; the future-dated
+write of review finding 3a is tests/velox/test_feature_cache_versions.py."""
 
 from __future__ import annotations
 
@@ -90,9 +91,9 @@ def test_the_lookup_never_reads_the_store_when_everything_is_cached(store: Featu
     polled = cache.polls
     _until(lambda: cache.polls > polled)  # the thread polls on its own
     calls: list[str] = []
-    real_newest, real_read = store.online_store.newest_event_ts, store.online_store.read_latest
+    real_versions, real_read = store.online_store.view_versions, store.online_store.read_latest
     ticking.close()  # from here on, only the request path runs
-    store.online_store.newest_event_ts = lambda views: calls.append("newest") or real_newest(views)  # type: ignore[method-assign]
+    store.online_store.view_versions = lambda views: calls.append("versions") or real_versions(views)  # type: ignore[method-assign]
     store.online_store.read_latest = lambda keys: calls.append("read") or real_read(keys)  # type: ignore[method-assign]
     for _ in range(100):
         cache.lookup({"item_vec": [key(2), key(1)]})
@@ -109,18 +110,35 @@ def test_a_read_that_started_before_the_poll_saw_a_write_is_not_kept(store: Feat
     assert _vec(cache) == [1.0, 1.0, 1.0]  # ...but it was not cached
 
 
-def test_an_older_event_time_moves_nothing_and_max_age_bounds_it(store: FeatureStore, still: RegistryWatcher) -> None:
-    cache = FeatureCache(store.online_store, still, max_age_seconds=0.3)
+def test_an_older_event_time_moves_the_version(store: FeatureStore, still: RegistryWatcher) -> None:
+    cache = FeatureCache(store.online_store, still)
     _write_vec(store, 2, item_vec(2), NOW_US + 5_000_000)  # another item holds the view's newest time
     cache.poll()
     assert _vec(cache) == item_vec(1)
     # A correction of item 1 with an event time newer than its row's but older than the view's
-    # newest: the row changes, the newest time does not, so a poll drops nothing.
+    # newest: the newest time stands still, the view's version moves, the next poll drops it.
     _write_vec(store, 1, [3.0, 2.0, 1.0], NOW_US + 1_000_000)
     cache.poll()
+    assert _vec(cache) == [3.0, 2.0, 1.0]
+
+
+def test_max_age_bounds_what_the_version_cannot_see(store: FeatureStore, still: RegistryWatcher) -> None:
+    cache = FeatureCache(store.online_store, still, max_age_seconds=0.3)
     assert _vec(cache) == item_vec(1)
-    # Within max_age_seconds of the first read, the entry is read again.
-    assert _until(lambda: _vec(cache) == [3.0, 2.0, 1.0], timeout=2.0) < 1.0
+    polls = store.online_store.view_versions
+    frozen = polls(["item_vec", "item_pop", "user_stats"])
+    # Polls that see no change, as after a store that lost its data was refilled to the same
+    # versions: only the max age can bound what they miss.
+    store.online_store.view_versions = lambda views: {v: frozen[v] for v in views}  # type: ignore[method-assign]
+    try:
+        cache.poll()
+        _write_vec(store, 1, [3.0, 2.0, 1.0], NOW_US + 1_000_000)
+        cache.poll()
+        assert _vec(cache) == item_vec(1)
+        # Within max_age_seconds of the first read, the entry is read again.
+        assert _until(lambda: _vec(cache) == [3.0, 2.0, 1.0], timeout=2.0) < 1.0
+    finally:
+        store.online_store.view_versions = polls  # type: ignore[method-assign]
 
 
 def test_always_fresh_mode_polls_in_the_callers_thread(store: FeatureStore) -> None:
@@ -135,18 +153,18 @@ def test_a_failed_poll_keeps_the_rows_and_the_next_good_one_catches_up(
 ) -> None:
     cache = FeatureCache(store.online_store, ticking)
     _vec(cache)
-    real = store.online_store.newest_event_ts
+    real = store.online_store.view_versions
 
     def down(views):  # type: ignore[no-untyped-def]
         raise OSError("online store unreachable")
 
     with caplog.at_level(logging.WARNING, logger="registry.watcher"):
-        store.online_store.newest_event_ts = down  # type: ignore[method-assign]
+        store.online_store.view_versions = down  # type: ignore[method-assign]
         failures = cache.poll_failures
         _until(lambda: cache.poll_failures >= failures + 3)
         assert _vec(cache) == item_vec(1) and cache.hits >= 1  # memory still serves
         _write_vec(store, 1, [2.0, 2.0, 2.0], NOW_US + 1_000_000)
-        store.online_store.newest_event_ts = real  # type: ignore[method-assign]
+        store.online_store.view_versions = real  # type: ignore[method-assign]
         _until(lambda: _vec(cache) == [2.0, 2.0, 2.0])
     messages = [r.getMessage() for r in caplog.records if "online store unreachable" in r.getMessage()]
     assert len(messages) == 1  # logged once, not at every tick

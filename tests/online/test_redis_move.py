@@ -1,0 +1,47 @@
+"""The move from the single-Redis layout to the cluster layout (featurestore/online/redis_move.py):
+every row with its expiry and every blob arrive, nothing newer on the cluster is overwritten."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from featurestore.online.redis_cluster_store import RedisClusterOnlineStore
+from featurestore.online.redis_keys import bucket_of
+from featurestore.online.redis_move import move_to_cluster
+from featurestore.online.redis_store import RedisOnlineStore
+
+pytestmark = pytest.mark.integration
+
+NOW_US = time.time_ns() // 1000
+
+
+def test_move_copies_rows_with_their_expiry_and_blobs(
+    redis_store: RedisOnlineStore, cluster_store: RedisClusterOnlineStore
+) -> None:
+    users = [(b"%d" % i, NOW_US - i, i, b"u%d" % i) for i in range(3_000)]
+    assert redis_store.write_latest("users", users) == 3_000
+    assert redis_store.write_latest("items", [(b"a|b", NOW_US, 0, b"item")], ttl_seconds=3600) == 1
+    redis_store.put_blobs("model.taste.v1", {b"\\meta": b"{}", b"42": b"state-old", b"43": b"state"})
+    redis_store.client.set(f"{redis_store.project}:__push__:v:p1", b"marker")
+    # A writer already switched over: the cluster holds a newer row and a newer state.
+    cluster_store.write_latest("users", [(b"7", NOW_US + 1, 0, b"newer")])
+    cluster_store.put_blobs("model.taste.v1", {b"42": b"state-new"})
+
+    summary = move_to_cluster(redis_store, cluster_store)
+    assert (summary.rows, summary.blobs) == (3_000 - 1 + 1, 2)  # users but "7", the item; 2 blobs
+    # Not copied: newest:users and writes:users (the write's later scripts did not raise the
+    # newest time), newest:items, the push marker.
+    assert summary.skipped == 4
+    got = cluster_store.read_latest([("users", u[0]) for u in users])
+    assert got == [(NOW_US + 1, b"newer") if u[0] == b"7" else (u[1], u[3]) for u in users]
+    assert cluster_store.read_latest([("items", b"a|b")]) == [(NOW_US, b"item")]
+    key = cluster_store.row_prefixes("items")[bucket_of(b"a|b")] + b"a|b"
+    expire = cluster_store.client.execute_command("PEXPIRETIME", key)
+    assert expire == -(-(NOW_US + 3600 * 1_000_000) // 1000)
+    assert cluster_store.get_blobs("model.taste.v1", [b"\\meta", b"42", b"43"]) == [b"{}", b"state-new", b"state"]
+    assert cluster_store.newest_event_ts(["users", "items"]) == {"users": NOW_US + 1, "items": NOW_US}
+    # Twice is harmless.
+    again = move_to_cluster(redis_store, cluster_store)
+    assert again.blobs == 0 and cluster_store.read_latest([("users", b"7")]) == [(NOW_US + 1, b"newer")]

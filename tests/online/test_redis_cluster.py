@@ -162,6 +162,8 @@ def _settled(url: str) -> bool:
                 replication = node.info("replication")
                 if replication.get("role") == "slave" and replication.get("master_link_status") != "up":
                     return False
+                if not _every_primary_has_a_replica(node.execute_command("CLUSTER NODES")):
+                    return False  # e.g. a demoted primary not yet known as a replica everywhere
                 slots = node.execute_command("CLUSTER SLOTS")
                 maps.add(tuple(sorted((int(e[0]), int(e[1]), *(int(n[1]) for n in e[2:])) for e in slots)))
             finally:
@@ -169,6 +171,18 @@ def _settled(url: str) -> bool:
         return len(maps) == 1
     except (redis.RedisError, redis.exceptions.RedisClusterException):
         return False
+
+
+def _every_primary_has_a_replica(nodes: dict[str, dict[str, Any]]) -> bool:
+    """In one node's view (CLUSTER NODES as redis-py parses it): every primary with slots has a
+    replica that is not flagged failed; what /health checks, so the next test starts clean."""
+    served = {str(n["node_id"]) for n in nodes.values() if "master" in str(n["flags"]) and n.get("slots")}
+    backed = {
+        str(n["master_id"])
+        for n in nodes.values()
+        if "slave" in str(n["flags"]) and "fail" not in str(n["flags"]).replace("fail?", "")
+    }
+    return served <= backed
 
 
 def _state(address: tuple[str, int]) -> str:

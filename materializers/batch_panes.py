@@ -181,6 +181,8 @@ class BatchPanes:
     #: The newest event time the run read (None: none), once known (``resolved``).
     newest_us: int | None = None
     resolved_: bool = False
+    #: The stream's Redis is a cluster: the state lives in the stream's slot (``prefix_for``).
+    cluster: bool = False
 
     # -- planning --------------------------------------------------------------------------------
     @classmethod
@@ -189,7 +191,7 @@ class BatchPanes:
         reads the published boundary and the stream job's allowed lateness. The cut planned
         here is an upper bound: ``resolved`` lowers it to what the run actually read."""
         from featurestore.streams.redis_streams import connect
-        from materializers.stream_state import Boundary, state_prefix
+        from materializers.stream_state import Boundary, prefix_for, state_prefix
 
         s = run.schema
         if not s.aggregated:
@@ -199,8 +201,8 @@ class BatchPanes:
             return None
         source = view.stream_source
         url = source.url or store.config.online_store.url
-        prefix = state_prefix(store.project, s.view)
         client = connect(url)
+        prefix = prefix_for(client, store.project, s.view, source.stream)
         try:
             with _guard(url, source.stream, "reading the batch boundary"):
                 boundary = Boundary.parse(client.hgetall(prefix + "batch_until"))
@@ -231,6 +233,7 @@ class BatchPanes:
             read_lo=start - s.max_window_seconds * 1_000_000,
             retained_lo=now // step + 1 - k_max - lateness_panes - 1,
             offline_start_us=start,
+            cluster=prefix != state_prefix(store.project, s.view),
         )
         return base._cut_at(base.end_us)
 
@@ -312,7 +315,7 @@ class BatchPanes:
     def prefix(self) -> str:
         from materializers.stream_state import state_prefix
 
-        return state_prefix(self.project, self.schema.view)
+        return state_prefix(self.project, self.schema.view, self.stream if self.cluster else None)
 
     def stage_key(self, pane: int) -> str:
         return f"{self.prefix}bstage:{self.run_id}:{pane}"

@@ -180,8 +180,24 @@ class Boundary:
         return None if self.at_us is None else self.at_us // step
 
 
-def state_prefix(project: str, view: str) -> str:
+def state_prefix(project: str, view: str, stream: str | None = None) -> str:
+    """Where a view's pane state lives: ``{P}:__stream__:{V}:`` next to a stream on one Redis;
+    with ``stream`` (a stream in a Redis Cluster) in that stream's slot, so the commit script
+    that acknowledges entries and adds their partials touches one slot
+    (``redis_keys.cluster_stream_prefix``)."""
+    if stream is not None:
+        from featurestore.online.redis_keys import cluster_stream_prefix
+
+        return cluster_stream_prefix(project, view, stream)
     return f"{project}:__stream__:{view}:"
+
+
+def prefix_for(client: Any, project: str, view: str, stream: str) -> str:
+    """``state_prefix`` for the Redis ``client`` talks to (a cluster client puts the state in the
+    stream's slot)."""
+    import redis
+
+    return state_prefix(project, view, None if isinstance(client, redis.Redis) else stream)
 
 
 class PaneStore:
@@ -199,7 +215,7 @@ class PaneStore:
         self.step = slide_us(schema)
         self.k_max = max(a.panes for a in schema.aggregates)
         self.lateness_us = lateness_seconds * 1_000_000
-        self.prefix = state_prefix(project, schema.view)
+        self.prefix = prefix_for(client, project, schema.view, stream)
         self.windows_key = self.prefix + "windows"
         self.versions_key = self.prefix + "winver"
         self.boundary_key = self.prefix + "batch_until"

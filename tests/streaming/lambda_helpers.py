@@ -84,21 +84,22 @@ feature_views:
 
 
 def make_lambda_repo(root: Path, project: str, redis_url: str, online: str = "redis") -> Path:
-    """The repository; ``online`` is ``redis`` or ``embedded`` (the streams and their state are
+    """The repository; ``online`` is ``redis``, ``cluster`` (``redis_url`` is then a node of a
+    Redis Cluster, which holds the streams too) or ``embedded`` (the streams and their state are
     in Redis either way)."""
     stream = f"fs_lambda_{uuid.uuid4().hex[:10]}"
     (root / "features").mkdir(parents=True)
     (root / "data" / "src").mkdir(parents=True)
-    store = (
-        f"{{type: redis, url: '{redis_url}'}}"
-        if online == "redis"
-        else "{type: embedded, path: data/online.db}"
-    )
+    store = {
+        "redis": f"{{type: redis, url: '{redis_url}'}}",
+        "cluster": f"{{type: redis, cluster: true, url: '{redis_url}'}}",
+        "embedded": "{type: embedded, path: data/online.db}",
+    }[online]
     (root / "featurestore.yaml").write_text(
         f"project: {project}\nregistry: sqlite:///data/registry.db\ndefinitions: [features]\n"
         f"offline_store: {{path: data/offline}}\nonline_store: {store}\n"
     )
-    url = "" if online == "redis" else f", url: '{redis_url}'"
+    url = "" if online in ("redis", "cluster") else f", url: '{redis_url}'"
     (root / "features" / "defs.yaml").write_text(DEFINITIONS.format(stream=stream, url=url))
     return root
 

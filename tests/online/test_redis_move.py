@@ -45,3 +45,44 @@ def test_move_copies_rows_with_their_expiry_and_blobs(
     # Twice is harmless.
     again = move_to_cluster(redis_store, cluster_store)
     assert again.blobs == 0 and cluster_store.read_latest([("users", b"7")]) == [(NOW_US + 1, b"newer")]
+
+
+def _repo(root, project: str, online: str):  # noqa: ANN001, ANN202 - a tiny fixture helper
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "featurestore.yaml").write_text(
+        f"project: {project}\nregistry: sqlite:///data/registry.db\ndefinitions: [features]\n"
+        f"online_store: {online}\n"
+    )
+    return root
+
+
+def test_the_cli_moves_the_configured_redis_into_the_cluster(
+    tmp_path, redis_url: str, redis_store: RedisOnlineStore, cluster_store: RedisClusterOnlineStore, capsys  # noqa: ANN001
+) -> None:
+    from featurestore.cli.main import main
+
+    users = [(b"%d" % i, NOW_US - i, 0, b"u%d" % i) for i in range(500)]
+    redis_store.write_latest("users", users)
+    redis_store.put_blobs("model.taste.v1", {b"42": b"state"})
+    repo = _repo(tmp_path / "repo", redis_store.project, f"{{type: redis, url: '{redis_url}'}}")
+    code = main(["-r", str(repo), "online", "move-to-cluster", "--to", cluster_store.url])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "copied 500 rows and 1 blobs" in out and "cluster: true" in out
+    assert cluster_store.read_latest([("users", u[0]) for u in users]) == [(u[1], u[3]) for u in users]
+    assert cluster_store.get_blobs("model.taste.v1", [b"42"]) == [b"state"]
+
+
+def test_the_cli_refuses_what_is_not_a_single_redis_to_a_cluster(
+    tmp_path, redis_url: str, unique_project: str, capsys  # noqa: ANN001
+) -> None:
+    from featurestore.cli.main import main
+
+    embedded = _repo(tmp_path / "embedded", unique_project, "{type: embedded, path: data/online.db}")
+    assert main(["-r", str(embedded), "online", "move-to-cluster", "--to", "redis://127.0.0.1:7000"]) == 1
+    err = capsys.readouterr().err
+    assert "online_store is type 'embedded'" in err and "hint: pass --from" in err
+    single = _repo(tmp_path / "single", unique_project, f"{{type: redis, url: '{redis_url}'}}")
+    # --to a single Redis: refused before anything is copied.
+    assert main(["-r", str(single), "online", "move-to-cluster", "--to", redis_url]) == 1
+    assert "cluster" in capsys.readouterr().err

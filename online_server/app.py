@@ -30,6 +30,7 @@ from featurestore.config import CONFIG_FILE, load_config
 from featurestore.store import FeatureStore
 from online_server import feedback, models_admin, predict, push
 from online_server import metrics as m
+from online_server.api_docs import mount_api_docs
 from online_server.auth import AuthMiddleware, TokenAuth
 from online_server.body_guard import BodyGuard
 from online_server.http import (
@@ -158,7 +159,10 @@ def create_app(store: FeatureStore, *, owns_store: bool = False) -> FastAPI:
         title="featurestore online server",
         version="0.1.0",
         description="Online features, per-user model predictions and feedback (Velox-style).",
+        docs_url=None,  # served from local files (online_server.api_docs), not a CDN
+        redoc_url=None,
     )
+    mount_api_docs(app)
     server_metrics = ServerMetrics(store)
     app.state.store = store
     app.state.metrics = server_metrics

@@ -97,7 +97,14 @@ def test_health_and_metrics(client: TestClient) -> None:
 def test_openapi_documents_the_endpoints(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert {"/features", "/health", "/metrics"} <= set(spec["paths"])
-    assert client.get("/docs").status_code == 200
+    page = client.get("/docs")
+    assert page.status_code == 200
+    # Every asset from the server itself: this machine (and many servers) cannot reach a CDN.
+    assert "/docs/assets/swagger-ui-bundle.js" in page.text and "cdn." not in page.text
+    script = client.get("/docs/assets/swagger-ui-bundle.js")
+    assert script.status_code == 200 and len(script.content) > 1_000_000
+    assert client.get("/docs/assets/swagger-ui.css").status_code == 200
+    assert client.get("/redoc").status_code == 404  # ReDoc would load from a CDN: not offered
 
 
 @pytest.mark.integration

@@ -1,52 +1,86 @@
-"""A minimal Prometheus text-format registry: counters and histograms with labels.
+"""The server's Prometheus metrics, on ``prometheus_client``, right with several workers.
 
-Small on purpose (the project's dependencies are fixed): enough for request counts, latency
-histograms, store errors, cache hit rates and freshness gauges. Each server worker process keeps
-its own numbers; scrape each worker, or run one worker per container.
+Four kinds, one small API for the routers:
 
-Two kinds of metric: those that hold their values (``Counter``, ``Histogram``), and those read
-from elsewhere when scraped (``Gauges``: one gauge label; ``Collected``: counter and gauge
-families with any labels, e.g. counters kept by a service that SDK calls share).
+- ``Counter``, ``Histogram``: values this process adds to (``inc``, ``observe``);
+- ``Gauges``: one labelled gauge computed when scraped (freshness, stream stats);
+- ``Collected``: counter and gauge families read from elsewhere by one ``collect`` call per
+  scrape (counters a service keeps, shared with SDK calls).
+
+**One worker** (``serve`` without ``--workers``, tests): each ``Registry`` is its own
+``prometheus_client.CollectorRegistry``; a scrape renders it with ``generate_latest``.
+
+**Several workers** (``serve --workers N`` sets ``PROMETHEUS_MULTIPROC_DIR`` to a fresh
+directory before the workers start): the worker that answers a scrape must report every
+worker's numbers, so every number must reach the shared directory:
+
+- ``Counter``/``Histogram``: ``prometheus_client`` writes them there itself; the scrape sums
+  every worker's files (``MultiProcessCollector``), those of workers that have exited included,
+  so a counter never goes back;
+- counter families of ``Collected``: mirrored into multiprocess counters by their increase since
+  the last mirror, by each worker about once a second and by the scraping worker before it
+  answers (the other workers' last second may be missing from one scrape, never lost);
+- a gauge with ``per_process=True`` (this process's cache size, its pending log records):
+  mirrored the same way into a ``liveall`` gauge, one sample per running worker (label ``pid``);
+- any other gauge (freshness, stream lag: the same whichever worker computes it) is computed by
+  the scraping worker, as with one worker.
+
+Counter families follow Prometheus' naming: ``..._total``. A running sum whose name does not end
+so (``..._sum``, ``..._count`` beside a gauge) is shown as a gauge, keeping its name.
 """
 
 from __future__ import annotations
 
-import bisect
+import os
 import threading
+import weakref
+from collections.abc import Iterator
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
+from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
+from prometheus_client import Counter as _PCounter
+from prometheus_client import Gauge as _PGauge
+from prometheus_client import Histogram as _PHistogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: How often each worker mirrors its ``Collected`` counters and per-process gauges.
+SYNC_SECONDS = 1.0
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+disable_created_metrics()  # no *_created samples: not in the multiprocess files either
 
 
-def _labels(names: tuple[str, ...], values: tuple[Any, ...]) -> str:
-    if not names:
-        return ""
-    inner = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values))
-    return "{" + inner + "}"
+def multiprocess_dir() -> str | None:
+    """The shared directory of ``serve --workers N``, or None with one process."""
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
-def _escape(value: Any) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def _str(values: Sequence[Any]) -> list[str]:
+    return [str(v) for v in values]
 
 
 class Counter:
+    """A counter this process adds to; ``value`` is this process's own count."""
+
     def __init__(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> None:
         self.name, self.help, self.label_names = name, help_text, labels
-        self._values: dict[tuple[str, ...], float] = {}
+        self._metric = _PCounter(name, help_text, labels, registry=None)
+        self._own: dict[tuple[str, ...], float] = {}
         self._lock = threading.Lock()
 
     def inc(self, *labels: str, amount: float = 1.0) -> None:
+        (self._metric.labels(*_str(labels)) if self.label_names else self._metric).inc(amount)
         with self._lock:
-            self._values[labels] = self._values.get(labels, 0.0) + amount
+            self._own[labels] = self._own.get(labels, 0.0) + amount
 
     def value(self, *labels: str) -> float:
-        return self._values.get(labels, 0.0)
+        return self._own.get(labels, 0.0)
 
-    def render(self) -> list[str]:
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        for labels, value in sorted(self._values.items()):
-            out.append(f"{self.name}{_labels(self.label_names, labels)} {value:g}")
-        return out
+    def collector(self) -> Any:
+        return self._metric
 
 
 class Histogram:
@@ -54,73 +88,71 @@ class Histogram:
         self, name: str, help_text: str, labels: tuple[str, ...] = (), buckets: tuple[float, ...] = LATENCY_BUCKETS
     ) -> None:
         self.name, self.help, self.label_names, self.buckets = name, help_text, labels, buckets
-        self._series: dict[tuple[str, ...], list[float]] = {}  # bucket counts..., sum, count
-        self._lock = threading.Lock()
+        self._metric = _PHistogram(name, help_text, labels, registry=None, buckets=buckets)
 
     def observe(self, value: float, *labels: str) -> None:
-        index = bisect.bisect_left(self.buckets, value)
-        with self._lock:
-            series = self._series.get(labels)
-            if series is None:
-                series = self._series[labels] = [0.0] * (len(self.buckets) + 2)
-            series[index] += 1 if index < len(self.buckets) else 0
-            series[-2] += value
-            series[-1] += 1
+        (self._metric.labels(*_str(labels)) if self.label_names else self._metric).observe(value)
 
-    def render(self) -> list[str]:
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        for labels, series in sorted(self._series.items()):
-            cumulative = 0.0
-            for bound, count in zip(self.buckets, series):
-                cumulative += count
-                names = self.label_names + ("le",)
-                out.append(f"{self.name}_bucket{_labels(names, labels + (f'{bound:g}',))} {cumulative:g}")
-            out.append(f"{self.name}_bucket{_labels(self.label_names + ('le',), labels + ('+Inf',))} {series[-1]:g}")
-            out.append(f"{self.name}_sum{_labels(self.label_names, labels)} {series[-2]:.6f}")
-            out.append(f"{self.name}_count{_labels(self.label_names, labels)} {series[-1]:g}")
-        return out
-
-
-class Gauges:
-    """Gauges computed when scraped (e.g. freshness), from a callback returning label -> value."""
-
-    def __init__(self, name: str, help_text: str, label: str, collect: Callable[[], dict[str, float | None]]) -> None:
-        self.name, self.help, self.label, self.collect = name, help_text, label, collect
-
-    def render(self) -> list[str]:
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge"]
-        for key, value in sorted(self.collect().items()):
-            if value is not None:
-                out.append(f'{self.name}{{{self.label}="{_escape(key)}"}} {value:g}')
-        return out
+    def collector(self) -> Any:
+        return self._metric
 
 
 class Family:
     """A counter or gauge family (name, help, type, label names) whose samples ``Collected``
-    reads at scrape time. ``value_format`` is the format spec of the values (``d`` for counts).
+    reads at scrape time. ``per_process``: a gauge whose value is this process's own (shown per
+    worker with several). ``value_format`` is kept for callers; ``prometheus_client`` formats.
 
-    >>> Family("jobs_total", "Jobs by result.", "counter", ("result",), "d").render({("ok",): 3})
-    ['# HELP jobs_total Jobs by result.', '# TYPE jobs_total counter', 'jobs_total{result="ok"} 3']
+    >>> Family("jobs_total", "Jobs by result.", "counter", ("result",)).kind
+    'counter'
     """
 
     KINDS = ("counter", "gauge")
 
     def __init__(
-        self, name: str, help_text: str, kind: str, labels: tuple[str, ...] = (), value_format: str = "g"
+        self, name: str, help_text: str, kind: str, labels: tuple[str, ...] = (), value_format: str = "g",
+        *, per_process: bool = False,
     ) -> None:
         if kind not in self.KINDS:
             raise ValueError(f"metric {name}: kind {kind!r} is not one of {', '.join(self.KINDS)}")
         self.name, self.help, self.kind, self.label_names = name, help_text, kind, labels
         self.value_format = value_format
+        self.per_process = per_process
 
-    def render(self, samples: Mapping[tuple[Any, ...], float | None]) -> list[str]:
-        """HELP, TYPE and one line per sample, sorted by label values; a None value is left out."""
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-        for labels in sorted(samples):
+    @property
+    def counter(self) -> bool:
+        """Shown as a Prometheus counter (a running sum not named ``_total`` shows as a gauge)."""
+        return self.kind == "counter" and self.name.endswith("_total")
+
+    def metric(self, samples: Mapping[tuple[Any, ...], float | None]) -> Metric:
+        """The family with one sample per label tuple, sorted; a None value is left out."""
+        if self.counter:
+            family: Metric = CounterMetricFamily(self.name, self.help, labels=self.label_names)
+        else:
+            family = GaugeMetricFamily(self.name, self.help, labels=self.label_names)
+        for labels in sorted(samples, key=lambda t: tuple(str(v) for v in t)):
             value = samples[labels]
             if value is not None:
-                out.append(f"{self.name}{_labels(self.label_names, labels)} {value:{self.value_format}}")
-        return out
+                family.add_metric(_str(labels), float(value))
+        return family
+
+
+class Gauges:
+    """A gauge computed when scraped, from a callback returning label -> value."""
+
+    def __init__(
+        self, name: str, help_text: str, label: str, collect: Callable[[], dict[str, float | None]],
+        *, per_process: bool = False,
+    ) -> None:
+        self.name = name
+        self.family = Family(name, help_text, "gauge", (label,), per_process=per_process)
+        self.collect_values = collect
+
+    @property
+    def families(self) -> tuple[Family, ...]:
+        return (self.family,)
+
+    def collect(self) -> list[Mapping[tuple[Any, ...], float | None] | None]:
+        return [{(key,): value for key, value in self.collect_values().items()}]
 
 
 class Collected:
@@ -128,9 +160,8 @@ class Collected:
     families of one scrape show one snapshot).
 
     ``collect`` returns one mapping per family, in order, from label values (a tuple, one value
-    per label name) to the value. A mapping of None leaves its family out, HELP and TYPE
-    included: for a source that does not exist yet. ``name`` stands for them all when
-    ``collect`` fails.
+    per label name) to the value. A mapping of None leaves its family out: for a source that does
+    not exist yet. ``name`` stands for them all when ``collect`` fails.
     """
 
     def __init__(
@@ -139,35 +170,178 @@ class Collected:
         families: Sequence[Family],
         collect: Callable[[], Sequence[Mapping[tuple[Any, ...], float | None] | None]],
     ) -> None:
-        self.name, self.families, self.collect = name, tuple(families), collect
+        self.name, self.families, self._collect = name, tuple(families), collect
 
-    def render(self) -> list[str]:
-        snapshot = self.collect()
+    def collect(self) -> Sequence[Mapping[tuple[Any, ...], float | None] | None]:
+        snapshot = self._collect()
         if len(snapshot) != len(self.families):
             raise ValueError(f"{self.name}: {len(snapshot)} sample sets for {len(self.families)} families")
-        out: list[str] = []
-        for family, samples in zip(self.families, snapshot):
-            if samples is not None:
-                out += family.render(samples)
-        return out
+        return snapshot
 
 
 _Metric = TypeVar("_Metric", Counter, Histogram, Gauges, Collected)
+_Read = Gauges | Collected
+
+
+class _ScrapeTime(Collector):
+    """The read-at-scrape metrics of a registry as one ``prometheus_client`` collector. A source
+    that fails shows as a comment line and hides nothing else (``Registry.render``)."""
+
+    def __init__(self, sources: list[_Read], include: Callable[[Family], bool]) -> None:
+        self.sources, self.include = sources, include
+        self.failed: list[str] = []
+
+    def collect(self) -> Iterator[Metric]:
+        self.failed = []
+        for source in list(self.sources):
+            try:
+                snapshot = source.collect()
+            except Exception as exc:  # noqa: BLE001 - a broken gauge must not hide the others
+                self.failed.append(f"# {source.name} unavailable: {type(exc).__name__}")
+                continue
+            for family, samples in zip(source.families, snapshot):
+                if samples is not None and self.include(family):
+                    yield family.metric(samples)
 
 
 class Registry:
+    """The metrics of one app; ``render`` is the body of ``GET /metrics``."""
+
     def __init__(self) -> None:
-        self._metrics: list[Counter | Histogram | Gauges | Collected] = []
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._read: list[_Read] = []
+        self._mirror: _Mirror | None = None
+        if multiprocess_dir() is not None:
+            self._mirror = _Mirror(self._read)
 
     def add(self, metric: _Metric) -> _Metric:
-        self._metrics.append(metric)
+        if isinstance(metric, (Gauges, Collected)):
+            self._read.append(metric)
+        else:
+            self._registry.register(metric.collector())
         return metric
 
     def render(self) -> str:
-        lines: list[str] = []
-        for metric in self._metrics:
+        if self._mirror is None:
+            scrape = _ScrapeTime(self._read, lambda family: True)
+            body = generate_latest(_Joined(self._registry, scrape)).decode()
+        else:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            self._mirror.sync()  # this worker's latest, before the files are read
+            shared = CollectorRegistry(auto_describe=False)
+            MultiProcessCollector(shared, multiprocess_dir())
+            # Mirrored families come from the files; only the rest is computed here.
+            scrape = _ScrapeTime(self._read, lambda family: not _mirrored(family))
+            body = generate_latest(_Joined(shared, scrape)).decode()
+        return "".join(line + "\n" for line in scrape.failed) + body
+
+
+class _Joined(Collector):
+    """A registry's collectors, then the scrape-time ones (so routers' counters come first)."""
+
+    def __init__(self, registry: CollectorRegistry, scrape: _ScrapeTime) -> None:
+        self.registry, self.scrape = registry, scrape
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.registry.collect()
+        yield from self.scrape.collect()
+
+
+def _mirrored(family: Family) -> bool:
+    return family.counter or family.per_process or family.kind == "counter"
+
+
+class _Mirror:
+    """With several workers: copies this process's ``Collected`` counters (by their increase)
+    and per-process gauges into ``prometheus_client``'s multiprocess files, once a second and
+    before a scrape this worker answers."""
+
+    def __init__(self, sources: list[_Read]) -> None:
+        self.sources = sources
+        self._counters: dict[str, Any] = {}
+        self._gauges: dict[str, Any] = {}
+        self._last: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._lock = threading.Lock()
+        owner = weakref.ref(self)
+
+        def loop() -> None:
+            while (mirror := owner()) is not None:
+                try:
+                    mirror.sync()
+                    mirror._reap()
+                except Exception:  # noqa: BLE001 - retried next second; a scrape shows the error
+                    pass
+                del mirror
+                _STOP.wait(SYNC_SECONDS)
+                if _STOP.is_set():
+                    return
+
+        threading.Thread(target=loop, name="metrics-mirror", daemon=True).start()
+
+    def sync(self) -> None:
+        with self._lock:
+            for source in list(self.sources):
+                snapshot = source.collect()
+                for family, samples in zip(source.families, snapshot):
+                    if samples is None or not _mirrored(family):
+                        continue
+                    if family.kind == "counter":
+                        self._add(family, samples)
+                    else:
+                        self._set(family, samples)
+
+    def _add(self, family: Family, samples: Mapping[tuple[Any, ...], float | None]) -> None:
+        counter = self._counters.get(family.name)
+        if counter is None:
+            if family.counter:
+                counter = _PCounter(family.name, family.help, family.label_names, registry=None)
+            else:  # a running sum not named _total: a gauge that sums every worker's value
+                counter = _PGauge(family.name, family.help, family.label_names, registry=None,
+                                  multiprocess_mode="sum")
+            self._counters[family.name] = counter
+        for labels, value in samples.items():
+            if value is None:
+                continue
+            key = (family.name, tuple(_str(labels)))
+            child = counter.labels(*key[1]) if family.label_names else counter
+            if isinstance(counter, _PGauge):
+                child.set(float(value))  # each worker's own running sum; the scrape adds them
+                continue
+            last = self._last.get(key, 0.0)
+            # A smaller value: the source started again (a new service); count it from zero.
+            increase = float(value) - last if value >= last else float(value)
+            if increase > 0:
+                child.inc(increase)
+            self._last[key] = float(value)
+
+    def _set(self, family: Family, samples: Mapping[tuple[Any, ...], float | None]) -> None:
+        gauge = self._gauges.get(family.name)
+        if gauge is None:
+            gauge = _PGauge(family.name, family.help, family.label_names, registry=None,
+                            multiprocess_mode="liveall")
+            self._gauges[family.name] = gauge
+        for labels, value in samples.items():
+            if value is not None:
+                (gauge.labels(*_str(labels)) if family.label_names else gauge).set(float(value))
+
+    def _reap(self) -> None:
+        """Forget the live gauges of workers that have exited (a restarted worker's old pid)."""
+        from prometheus_client.multiprocess import mark_process_dead
+
+        path = multiprocess_dir()
+        if path is None:
+            return
+        for name in os.listdir(path):
+            if not name.startswith("gauge_live"):
+                continue
             try:
-                lines += metric.render()
-            except Exception as exc:  # noqa: BLE001 - a broken gauge must not hide the others
-                lines.append(f"# {metric.name} unavailable: {type(exc).__name__}")
-        return "\n".join(lines) + "\n"
+                pid = int(name.rsplit("_", 1)[1].split(".")[0])
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                mark_process_dead(pid, path)
+            except (ValueError, IndexError, PermissionError):
+                continue
+
+
+_STOP = threading.Event()

@@ -40,6 +40,33 @@ def run(args: argparse.Namespace) -> int:
     finally:
         store.close()
     os.environ["FEATURESTORE_REPO"] = str(store.repo_path)
+    if workers > 1:
+        # Every worker writes its metrics here, so the one that answers /metrics reports them
+        # all (online_server.metrics); a fresh directory, as prometheus_client requires.
+        return _with_metrics_dir(lambda: _serve(store, host, port, workers, args.log_level))
+    return _serve(store, host, port, workers, args.log_level)
+
+
+def _with_metrics_dir(run: Any) -> int:
+    import os
+    import shutil
+    import tempfile
+
+    own = os.environ.get("PROMETHEUS_MULTIPROC_DIR") is None
+    if own:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="featurestore-metrics-")
+    else:  # the operator's directory: it must not hold a previous server's files
+        for name in os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]):
+            if name.endswith(".db"):
+                os.remove(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], name))
+    try:
+        return int(run())
+    finally:
+        if own:
+            shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)
+
+
+def _serve(store: Any, host: str, port: int, workers: int, log_level: str) -> int:
     print(f"Serving project {store.project} on http://{host}:{port} ({workers} worker(s)); API docs at /docs")
     return serve(
         "online_server.app:app_from_environment",
@@ -47,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         host=host,
         port=port,
         workers=workers,
-        log_level=args.log_level,
+        log_level=log_level,
         access_log=False,
     )
 

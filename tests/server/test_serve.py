@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from featurestore.cli.serve_cmd import nodelay_config
+from tests.conftest import metric
 from tests.retrieval.conftest import fill, make_repo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,6 +73,56 @@ def test_two_workers_serve_features_from_redis(tmp_path: Path, redis_url: str, u
             server.kill()
             server.wait(10)
             pytest.fail("the server did not stop on SIGINT")
+
+
+@pytest.mark.integration
+def test_metrics_of_two_workers_count_every_request(tmp_path: Path, redis_url: str, unique_project: str) -> None:
+    """Whichever worker answers GET /metrics reports the requests of both (issue 18: before,
+    each worker reported only itself behind one port)."""
+    store = make_repo(tmp_path / "repo", {"type": "redis", "url": redis_url}, unique_project)
+    fill(store)
+    store.close()
+    port = _free_port()
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    (shared / "counter_1.db").write_bytes(b"stale")  # a previous server's file: removed at start
+    env = dict(os.environ, PYTHONPATH=str(ROOT), FEATURESTORE__ONLINE_STORE__TYPE="redis",
+               FEATURESTORE__ONLINE_STORE__URL=redis_url, PROMETHEUS_MULTIPROC_DIR=str(shared))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "featurestore.cli.main", "-r", str(tmp_path / "repo"), "serve",
+         "--port", str(port), "--workers", "2"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        _connect(port, server).close()
+        body = json.dumps({"features": ["user_stats:clicks"], "entity_rows": [{"user_id": 1}]})
+        pids: set[str] = set()
+        sent = 0
+        deadline = time.monotonic() + 60
+        # A new connection per request, until both workers have timed some request (each
+        # worker writes its own histogram file) and 40 were sent.
+        while len(pids) < 2 or sent < 40:
+            assert time.monotonic() < deadline, f"only workers {pids} answered"
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("POST", "/features", body, {"Content-Type": "application/json"})
+            assert conn.getresponse().status == 200
+            conn.close()
+            sent += 1
+            pids = {p.name.split("_")[1].split(".")[0] for p in shared.glob("histogram_*.db")}
+        for _ in range(6):  # scrapes land on either worker
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+            conn.close()
+            assert metric(text, "featurestore_requests_total", endpoint="/features", status="200") == sent
+            assert metric(text, "featurestore_request_seconds_count", endpoint="/features") == sent
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
 
 
 def _connect(port: int, server: subprocess.Popen[str]) -> http.client.HTTPConnection:

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from featurestore import FeatureStore, NotFoundError, UserError
 from featurestore.push import EventError, PushIdReusedError
+from tests.conftest import metric
 from tests.streaming.helpers import make_repo, streams_of
 
 pytestmark = pytest.mark.integration
@@ -104,7 +105,7 @@ def test_http_push_id(client: TestClient, store: FeatureStore) -> None:
     bad = client.post("/push", json={**body, "push_id": "no spaces"})
     assert bad.status_code == 422 and bad.json()["error"]["fields"][0]["field"] == "push_id"
     assert len(entries(store, streams_of(store.repo_path)[0])) == 1
-    assert 'featurestore_pushed_events_total{feature_view="user_last"} 1' in client.get("/metrics").text
+    assert metric(client.get("/metrics").text, "featurestore_pushed_events_total", feature_view="user_last") == 1
 
 
 def test_sdk_push_refuses_without_appending_anything(store: FeatureStore) -> None:

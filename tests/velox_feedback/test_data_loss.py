@@ -20,6 +20,7 @@ from featurestore.models.state_store import ModelStateStore
 from featurestore.online.epoch import read_epoch
 from online_server.app import create_app
 from tests.online.conftest import delete_redis_project
+from tests.conftest import metric
 from tests.velox.conftest import key
 from tests.velox_feedback.conftest import state, trained_store
 
@@ -95,8 +96,8 @@ def test_an_emptied_redis_is_noticed_reported_and_the_states_rebuilt(store: Feat
         np.testing.assert_allclose(after.w, before.w, rtol=1e-9, atol=1e-12)
     assert replay(store.context, "taste", write=False).mismatched == 0
     metrics = client.get("/metrics").text
-    assert "featurestore_online_store_data_losses_total 1" in metrics
-    assert 'featurestore_online_store_view_lost{feature_view="item_vec"} 1' in metrics
+    assert metric(metrics, "featurestore_online_store_data_losses_total") == 1
+    assert metric(metrics, "featurestore_online_store_view_lost", feature_view="item_vec") == 1
 
     # Another process reports the same loss, and does not rebuild again.
     other = OnlineStoreGuard(store.context).check()

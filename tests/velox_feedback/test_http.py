@@ -11,6 +11,7 @@ from featurestore import FeatureStore
 from featurestore.config import TokenConfig
 from featurestore.tokens import hash_token
 from online_server import create_app
+from tests.conftest import metric
 
 WRITER, ADMIN = "fs_writer_token", "fs_admin_token"
 W = {"Authorization": f"Bearer {WRITER}"}
@@ -91,11 +92,11 @@ def test_metrics_show_counts_and_losses(client: TestClient) -> None:
     client.post("/feedback", json={**GOOD, "slice": "mobile"}, headers=W)
     client.post("/feedback", json={**GOOD, "feedback_id": "g2", "model": "nope"}, headers=W)
     text = client.get("/metrics").text
-    assert 'featurestore_feedback_observations_total{model="taste",result="new"} 1' in text
-    assert 'featurestore_feedback_observations_total{model="(unknown)",result="rejected"} 1' in text
-    for series in ('predictor="personalised",slice="all"', 'predictor="average_user",slice="known_users"',
-                   'predictor="personalised",slice="device=mobile"'):
-        assert f'featurestore_feedback_loss_count{{model="taste",version="2",{series},loss="squared_error"}} 1' in text
+    assert metric(text, "featurestore_feedback_observations_total", model="taste", result="new") == 1
+    assert metric(text, "featurestore_feedback_observations_total", model="(unknown)", result="rejected") == 1
+    for predictor, slice_ in (("personalised", "all"), ("average_user", "known_users"), ("personalised", "device=mobile")):
+        labels = {"model": "taste", "version": "2", "predictor": predictor, "slice": slice_, "loss": "squared_error"}
+        assert metric(text, "featurestore_feedback_loss_count", **labels) == 1
 
 
 def test_feedback_needs_write_and_admin_routes_need_admin(client: TestClient) -> None:

@@ -99,6 +99,26 @@ class TokenConfig(_Section):
         return value
 
 
+class TracingConfig(_Section):
+    enabled: bool = Field(
+        False,
+        description="Send OpenTelemetry traces (a span per request, with the Redis, SQL and "
+        "online-store calls inside it). Needs the tracing extra: pip install 'velox-featurestore[tracing]'. "
+        "Env: FEATURESTORE__SERVER__TRACING__ENABLED=true.",
+    )
+    endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces (None: the "
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT variables, else "
+        "http://localhost:4318/v1/traces).",
+    )
+    service_name: str = Field("featurestore", description="The service.name of the spans.")
+    sample_ratio: float = Field(
+        1.0, ge=0.0, le=1.0,
+        description="Share of traces kept (parent-based: a caller's sampled trace is always kept).",
+    )
+
+
 class ServerConfig(_Section):
     tokens: list[TokenConfig] = Field(
         default_factory=list,
@@ -112,6 +132,10 @@ class ServerConfig(_Section):
         8 << 20, ge=1024,
         description="Largest request body accepted (413 beyond it, refused before it is read); "
         "a batch of 10,000 feedback observations is about 2 MB.",
+    )
+    tracing: TracingConfig = Field(
+        default_factory=lambda: TracingConfig(),
+        description="OpenTelemetry traces of the request paths (docs/operations.md, Tracing); off by default.",
     )
 
 

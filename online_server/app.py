@@ -33,6 +33,7 @@ from online_server import metrics as m
 from online_server.api_docs import mount_api_docs
 from online_server.auth import AuthMiddleware, TokenAuth
 from online_server.body_guard import BodyGuard
+from online_server.tracing import setup_tracing
 from online_server.http import (
     ERRORS,
     body_errors,
@@ -307,6 +308,8 @@ def create_app(store: FeatureStore, *, owns_store: bool = False) -> FastAPI:
     app.include_router(push.router(store, registry))
     app.include_router(models_admin.router(store, registry))
     cleanups.append(auth.close)  # before the store: its thread reads through the store's engine
+    if store.config.server.tracing.enabled:
+        cleanups.append(setup_tracing(app, store, store.config.server.tracing))  # flushes spans
     if owns_store:
         cleanups.append(store.close)
     on_shutdown(app, *cleanups)

@@ -31,11 +31,12 @@ so (``..._sum``, ``..._count`` beside a gauge) is shown as a gauge, keeping its 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterator
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
 from prometheus_client import Counter as _PCounter
@@ -43,6 +44,8 @@ from prometheus_client import Gauge as _PGauge
 from prometheus_client import Histogram as _PHistogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+logger = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -270,8 +273,8 @@ class _Mirror:
                 try:
                     mirror.sync()
                     mirror._reap()
-                except Exception:  # noqa: BLE001 - retried next second; a scrape shows the error
-                    pass
+                except Exception:
+                    logger.debug("mirroring the metrics failed", exc_info=True)
                 del mirror
                 _STOP.wait(SYNC_SECONDS)
                 if _STOP.is_set():

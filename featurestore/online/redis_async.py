@@ -33,11 +33,17 @@ from collections.abc import AsyncGenerator
 from typing import Any
 from urllib.parse import urlsplit
 
+from featurestore import tracing
+
 __all__ = ["AsyncRedisReader", "ReplyParser", "RespError", "encode_command", "supports_url"]
 
 
 class RespError(Exception):
     """An error reply from Redis (``-ERR ...``): the message, without the leading ``-``."""
+
+
+def _name(command: bytes | str | int) -> str:
+    return command.decode() if isinstance(command, bytes) else str(command)
 
 
 def supports_url(url: str) -> bool:
@@ -270,6 +276,12 @@ class AsyncRedisReader:
         """Send one command and return its reply; an error reply is raised as ``RespError``,
         a connection that cannot be opened or is lost as ``ConnectionError``/``OSError``, a
         reply that does not come as ``TimeoutError``."""
+        if tracing.enabled():
+            with tracing.span(f"redis {_name(args[0])}", self._span_attributes(1)):
+                return await self._execute(args)
+        return await self._execute(args)
+
+    async def _execute(self, args: tuple[bytes | str | int, ...]) -> Any:
         loop = asyncio.get_running_loop()
         conn = self._loops.get(loop)
         protocol = None if conn is None else conn.protocol
@@ -280,11 +292,22 @@ class AsyncRedisReader:
             raise reply
         return reply
 
+    def _span_attributes(self, commands: int) -> dict[str, Any]:
+        return {"db.system": "redis", "server.address": str(self.params.get("host", "")),
+                "server.port": int(self.params.get("port", 0) or 0), "db.redis.commands": commands}
+
     async def execute_many(self, commands: list[tuple[bytes | str | int, ...]]) -> list[Any]:
         """Send several commands back to back on this loop's connection (nothing else comes
         between them, so ``ASKING`` applies to the command after it) and return their replies
         in order; an error reply is returned as a ``RespError`` value, not raised. Connection
         failures raise as for ``execute``."""
+        if tracing.enabled():
+            with tracing.span(f"redis pipeline {_name(commands[0][0]) if commands else ''}".rstrip(),
+                              self._span_attributes(len(commands))):
+                return await self._execute_many(commands)
+        return await self._execute_many(commands)
+
+    async def _execute_many(self, commands: list[tuple[bytes | str | int, ...]]) -> list[Any]:
         loop = asyncio.get_running_loop()
         conn = self._loops.get(loop)
         protocol = None if conn is None else conn.protocol

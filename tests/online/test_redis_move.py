@@ -47,7 +47,7 @@ def test_move_copies_rows_with_their_expiry_and_blobs(
     assert again.blobs == 0 and cluster_store.read_latest([("users", b"7")]) == [(NOW_US + 1, b"newer")]
 
 
-def _repo(root, project: str, online: str):  # noqa: ANN001, ANN202 - a tiny fixture helper
+def _repo(root, project: str, online: str):
     root.mkdir(parents=True, exist_ok=True)
     (root / "featurestore.yaml").write_text(
         f"project: {project}\nregistry: sqlite:///data/registry.db\ndefinitions: [features]\n"
@@ -57,7 +57,7 @@ def _repo(root, project: str, online: str):  # noqa: ANN001, ANN202 - a tiny fix
 
 
 def test_the_cli_moves_the_configured_redis_into_the_cluster(
-    tmp_path, redis_url: str, redis_store: RedisOnlineStore, cluster_store: RedisClusterOnlineStore, capsys  # noqa: ANN001
+    tmp_path, redis_url: str, redis_store: RedisOnlineStore, cluster_store: RedisClusterOnlineStore, capsys
 ) -> None:
     from featurestore.cli.main import main
 
@@ -74,7 +74,7 @@ def test_the_cli_moves_the_configured_redis_into_the_cluster(
 
 
 def test_the_cli_refuses_what_is_not_a_single_redis_to_a_cluster(
-    tmp_path, redis_url: str, unique_project: str, capsys  # noqa: ANN001
+    tmp_path, redis_url: str, unique_project: str, capsys
 ) -> None:
     from featurestore.cli.main import main
 

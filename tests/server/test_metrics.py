@@ -111,7 +111,7 @@ if sys.argv[3] == "render":
 """
 
 
-def test_several_workers_report_every_workers_numbers(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_several_workers_report_every_workers_numbers(tmp_path, monkeypatch) -> None:
     """With PROMETHEUS_MULTIPROC_DIR (``serve --workers N``): a counter family a service keeps
     is summed over the workers, an exited one included (a counter never goes back); a
     per-process gauge shows each running worker (label pid), not an exited one; a gauge that

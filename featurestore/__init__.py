@@ -6,7 +6,8 @@ per-user linear models served over cached features.
 >>> FeatureStore("my_repo").list_feature_views()  # doctest: +SKIP
 """
 
-from featurestore.store import FeatureStore
+from typing import TYPE_CHECKING, Any
+
 from registry.errors import (
     ConfigError,
     ConflictError,
@@ -28,3 +29,17 @@ __all__ = [
     "UserError",
 ]
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from featurestore.store import FeatureStore
+
+
+def __getattr__(name: str) -> Any:
+    # FeatureStore pulls in SQLAlchemy, pyarrow and the stores (about 0.5 s of imports): loaded
+    # on first use, so `featurestore --help`, `validate` and modules that only need a submodule
+    # (the CLI, the online stores in a Beam worker) do not pay for it.
+    if name == "FeatureStore":
+        from featurestore.store import FeatureStore
+
+        return FeatureStore
+    raise AttributeError(f"module 'featurestore' has no attribute {name!r}")

@@ -39,14 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from featurestore.store import FeatureStore
-
     if args.verb == "registry" and args.action == "upgrade":
         return _upgrade(args)
+    if args.verb == "validate":
+        return _validate(args)
+    from featurestore.store import FeatureStore
+
     store = FeatureStore(args.repo)
     try:
-        if args.verb == "validate":
-            return _validate(store)
         if args.verb == "plan":
             print(store.plan().render())
             return 0
@@ -59,8 +59,14 @@ def run(args: argparse.Namespace) -> int:
         store.close()
 
 
-def _validate(store) -> int:  # type: ignore[no-untyped-def]
-    defs = store.validate()
+def _validate(args: argparse.Namespace) -> int:
+    # The YAML and the configuration only: no registry database, no stores (and none of their
+    # imports), so validating is fast enough for a pre-commit hook.
+    from featurestore.config import load_config
+    from registry.validate import load_definitions
+
+    config = load_config(args.repo)
+    defs = load_definitions(config.root, config.definitions)
     counts = ", ".join(
         f"{len(getattr(defs, attr))} {attr.replace('_', ' ')}"
         for attr in ("entities", "sources", "feature_views", "feature_services", "feature_jobs", "models")

@@ -7,7 +7,7 @@ the default. A bad value names every place that was looked at.
     project: demo
     registry: sqlite:///data/registry.db      # or postgresql+psycopg://user@host/db
     definitions: [features]                   # files, directories or globs of YAML
-    offline_store: {path: data/offline}
+    offline_store: {path: data/offline}      # or {path: s3://bucket/prefix} / gs://bucket/prefix
     online_store: {type: embedded, path: data/online.db}   # or {type: redis, url: redis://...}
                                               # or {type: redis, url: redis://node:7000, cluster: true}
 """
@@ -18,13 +18,16 @@ import os
 from collections.abc import Mapping
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from registry.errors import ConfigError
 from registry.loader import load_yaml
 from registry.spec import NAME_HELP, NAME_RE
+
+if TYPE_CHECKING:
+    from featurestore.offline.location import OfflinePath
 
 CONFIG_FILE = "featurestore.yaml"
 ENV_PREFIX = "FEATURESTORE__"
@@ -35,7 +38,40 @@ class _Section(BaseModel):
 
 
 class OfflineStoreConfig(_Section):
-    path: str = "data/offline"
+    path: str = Field(
+        "data/offline",
+        description="A local directory (relative to the repository) or an object store: "
+        "s3://bucket/prefix, gs://bucket/prefix (docs/offline-store.md, Object stores).",
+    )
+    endpoint_override: str | None = Field(
+        None,
+        description="An S3-compatible server or GCS emulator, e.g. http://127.0.0.1:9000 "
+        "(None: the cloud's own). Credentials come from the environment (AWS_ACCESS_KEY_ID, ...).",
+    )
+    region: str | None = Field(None, description="The S3 region (None: the AWS SDK's default).")
+    artifacts_path: str | None = Field(
+        None,
+        description="Local directory of model artifacts and the feedback export (None: the "
+        "offline path when it is local, else data/artifacts).",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        from featurestore.offline.location import check_uri
+
+        check_uri(value)
+        return value
+
+    @field_validator("artifacts_path")
+    @classmethod
+    def _artifacts_local(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value:
+            raise ValueError(
+                f"{value!r} is a URI; model artifacts and the feedback export need a local "
+                "directory (or a mounted one)"
+            )
+        return value
 
 
 class OnlineStoreConfig(_Section):
@@ -102,8 +138,8 @@ class TokenConfig(_Section):
 class TracingConfig(_Section):
     enabled: bool = Field(
         False,
-        description="Send OpenTelemetry traces (a span per request, with the Redis, SQL and "
-        "online-store calls inside it). Needs the tracing extra: pip install 'velox-featurestore[tracing]'. "
+        description="Send OpenTelemetry traces (a span per request, with its Redis calls inside "
+        "it). Needs the tracing extra: pip install 'velox-featurestore[tracing]'. "
         "Env: FEATURESTORE__SERVER__TRACING__ENABLED=true.",
     )
     endpoint: str | None = Field(
@@ -174,8 +210,23 @@ class RepoConfig(_Section):
         return self.registry
 
     @property
-    def offline_path(self) -> Path:
-        return self.resolve(self.offline_store.path)
+    def offline_path(self) -> OfflinePath:
+        """A local ``Path``, or an ``ObjectPath`` for an s3:// or gs:// URI."""
+        from featurestore.offline.location import ObjectStoreOptions, resolve
+
+        section = self.offline_store
+        options = ObjectStoreOptions(section.endpoint_override, section.region)
+        return resolve(section.path, self.root, options)
+
+    @property
+    def artifacts_path(self) -> Path:
+        """Where model artifacts and the feedback export live: always a local directory
+        (``offline_store.artifacts_path``; default the offline path when it is local, else
+        ``data/artifacts``)."""
+        if self.offline_store.artifacts_path is not None:
+            return self.resolve(self.offline_store.artifacts_path)
+        offline = self.offline_path
+        return offline if isinstance(offline, Path) else self.resolve("data/artifacts")
 
 
 def _set(tree: dict[str, Any], dotted: list[str], value: Any) -> None:

@@ -69,8 +69,8 @@ class ServiceContext:
 
     def artifact_dir(self, model: str, version: int) -> Path:
         """Where a trained model version's artifact lives (docs/models.md)."""
-        return self.config.offline_path / self.project / "_models" / model / f"v{int(version)}"
+        return self.config.artifacts_path / self.project / "_models" / model / f"v{int(version)}"
 
     def feedback_dir(self, model: str) -> Path:
         """Where the offline view of a model's feedback log lives (docs/feedback.md)."""
-        return self.config.offline_path / self.project / "_feedback" / model
+        return self.config.artifacts_path / self.project / "_feedback" / model

@@ -26,7 +26,6 @@ option goes to Beam unchanged (docs/materialization.md).
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 import uuid
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from featurestore.offline import layout
+from featurestore.offline import layout, location
 from featurestore.sources import EPOCH, Interval, SourceReader, open_source, utc
 from materializers.progress import ProgressDisplay, ViewSummary
 from registry.errors import FeatureStoreError, UserError
@@ -46,6 +45,7 @@ if TYPE_CHECKING:
     import apache_beam as beam
 
     from featurestore.config import OnlineStoreConfig
+    from featurestore.offline.location import OfflinePath
     from featurestore.store import FeatureStore
     from materializers.schema import ViewSchema
 
@@ -113,7 +113,8 @@ class ViewRun:
     interval: Interval
     run_id: str
     project: str
-    offline_path: Path
+    #: A local Path or an object-store ObjectPath (plain data either way: workers open it).
+    offline_path: OfflinePath
     online_config: OnlineStoreConfig
     root: Path
     batch_rows: int
@@ -122,15 +123,15 @@ class ViewRun:
     backfill: PendingBackfill | None = None
 
     @property
-    def staging_root(self) -> Path:
+    def staging_root(self) -> OfflinePath:
         return self.offline_path / self.project / "_staging" / self.schema.view
 
     @property
-    def staging_dir(self) -> Path:
+    def staging_dir(self) -> OfflinePath:
         return self.staging_root / self.run_id
 
     @property
-    def rejects_target(self) -> Path:
+    def rejects_target(self) -> OfflinePath:
         from materializers.rejects import rejects_path
 
         return rejects_path(self.offline_path, self.project, self.schema.view, self.run_id)
@@ -169,7 +170,7 @@ def build_view_pipeline(
     else:
         valid, rejects = batches | "Validate" >> ValidateAndCast(s, run.interval)
         days = valid | "Deduplicate" >> DeduplicateByPartition(
-            s, str(run.staging_dir / "offline"), run.batch_rows, run.days
+            s, run.staging_dir / "offline", run.batch_rows, run.days
         )
     _ = rejects | "WriteRejects" >> WriteRejects(run.rejects_target, run.staging_dir / "rejects")
     written = days | "WriteOffline" >> WriteOffline(
@@ -375,7 +376,7 @@ def _run(
             hint="use online_store type embedded (one machine) or redis with this runner",
         )
     # Left-overs of crashed runs of this view; one run per view at a time is assumed.
-    shutil.rmtree(run.staging_root, ignore_errors=True)
+    location.remove_tree(run.staging_root)
     run.staging_dir.mkdir(parents=True)
     from materializers.batch_panes import BatchPanes
 
@@ -411,7 +412,7 @@ def _run(
         # (the windows after it are the stream job's): the watermark stays there, so the next
         # incremental run reads back to B and can move it (docs/streaming.md, "Batch and stream").
         end = max(run.interval.start, min(end, panes.covered_until()))
-    shutil.rmtree(run.staging_root, ignore_errors=True)
+    location.remove_tree(run.staging_root)
     try:
         run.staging_root.parent.rmdir()  # `_staging` itself, once no view has a run going
     except OSError:

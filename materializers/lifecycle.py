@@ -10,7 +10,7 @@ Flink, Spark and Prism, its subclasses) fails a second ``wait_until_finish(durat
 gRPC error 8 and keeps the first metrics answer it got, empty if asked early; the DaskRunner
 times out and has no metrics at all. So the job is waited for once, without a duration, and its
 metrics are read after the end. Progress of a job whose workers are other processes comes from
-a side channel, the run's files on the shared filesystem (``StagingWatch``), never from the job.
+a side channel, the run's files in the shared offline store (``StagingWatch``), never from the job.
 What the job wrote is then checked against the stores (``materializers.verify``) before the run
 is recorded.
 
@@ -27,7 +27,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry.errors import FeatureStoreError, UserError
@@ -234,26 +233,33 @@ class _Poller:
 class StagingWatch:
     """Progress of a job whose workers are other processes, from the files it leaves: valid
     rows staged so far (shown as rows read) and offline partitions rewritten since ``since``
-    (a wall-clock time). The offline store is a filesystem every worker shares, so these files
-    are visible here; a view with aggregations stages no rows, only partitions show.
+    (a wall-clock time). The offline store (a shared filesystem or an object store) is shared
+    by every worker, so these files are visible here; a view with aggregations stages no rows,
+    only partitions show.
 
+    >>> from pathlib import Path
     >>> StagingWatch(Path("/nonexistent/staging"), Path("/nonexistent/view"), 0.0)()
     {'read': 0, 'partitions': 0}
     """
 
-    staging_dir: Path
-    view_dir: Path
+    staging_dir: Any  # a local Path or an object-store ObjectPath (their common methods)
+    view_dir: Any
     since: float = field(default_factory=time.time)
-    _rows: dict[Path, int] = field(default_factory=dict)
+    _rows: dict[Any, int] = field(default_factory=dict)
 
     def __call__(self) -> dict[str, int]:
         import pyarrow as pa
+
+        from featurestore.offline import location
 
         try:
             for path in self.staging_dir.glob("offline/date=*/*.arrow"):
                 if path in self._rows:
                     continue
                 try:
+                    if location.is_remote(path):  # an object is whole once it is listed
+                        self._rows[path] = location.read_ipc(path).num_rows
+                        continue
                     with pa.memory_map(str(path)) as source:
                         reader = pa.ipc.open_file(source)
                         self._rows[path] = sum(

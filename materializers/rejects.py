@@ -5,7 +5,8 @@
 Columns: the source columns the view reads, as the source typed them, then ``reason`` (e.g.
 ``null join key user_id``, ``feature price does not fit float32``). Workers write parts to the
 run's staging directory; one step at the end merges them into the file with a streaming writer,
-so memory holds one part at a time however many rows were rejected.
+so memory holds one part at a time however many rows were rejected. The file appears whole or
+not at all (``location.parquet_writer``), on a local disk or an object store.
 
     >>> rejects | WriteRejects(rejects_path(offline, "demo", "user_activity", run_id),  # doctest: +SKIP
     ...                        staging_dir)
@@ -15,19 +16,20 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from featurestore.offline import location
+from featurestore.offline.location import OfflinePath
 
 
-def rejects_dir(offline_path: Path, project: str, view: str) -> Path:
-    return Path(offline_path) / project / "_rejects" / view
+def rejects_dir(offline_path: OfflinePath | str, project: str, view: str) -> OfflinePath:
+    return location.coerce(offline_path) / project / "_rejects" / view
 
 
-def rejects_path(offline_path: Path, project: str, view: str, run_id: str) -> Path:
+def rejects_path(offline_path: OfflinePath | str, project: str, view: str, run_id: str) -> OfflinePath:
     return rejects_dir(offline_path, project, view) / f"{run_id}.parquet"
 
 
@@ -61,54 +63,48 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def merge_parts(parts: list[str], target: Path) -> int:
-    """Write the parts into ``target`` (atomically), one part in memory at a time; rows written."""
-    parts = sorted(parts)
+def merge_parts(parts: list[Any], target: OfflinePath | str) -> int:
+    """Write the parts into ``target`` (atomically), one part in memory at a time; rows written.
+
+    ``parts``: staging files, local paths (text) or object paths."""
+    parts = sorted((location.coerce(p) for p in parts), key=str)
     if not parts:
         return 0
-    schemas = []
-    for p in parts:
-        with pa.memory_map(p) as source:
-            schemas.append(pa.ipc.open_file(source).schema)
-    schema = common_schema(schemas)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    schema = common_schema([_ipc_schema(p) for p in parts])
     rows = 0
-    try:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for p in parts:
-                with pa.memory_map(p) as source:
-                    table = pa.ipc.open_file(source).read_all()
-                writer.write_table(_conform(table, schema))
-                rows += table.num_rows
-        tmp.replace(target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with location.parquet_writer(location.coerce(target), schema, compression="zstd") as writer:
+        for p in parts:
+            table = location.read_ipc(p)
+            writer.write_table(_conform(table, schema))
+            rows += table.num_rows
     return rows
 
 
-class _StagePartFn(beam.DoFn):
-    def __init__(self, staging_dir: str) -> None:
-        self.staging_dir = staging_dir
+def _ipc_schema(path: OfflinePath) -> pa.Schema:
+    if location.is_remote(path):
+        return location.read_ipc(path).schema  # staging parts are small: one batch each
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_file(source).schema
 
-    def process(self, batch: pa.RecordBatch) -> Iterator[str]:
-        directory = Path(self.staging_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{uuid.uuid4().hex}.arrow"
-        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, batch.schema) as writer:
-            writer.write_batch(batch)
-        yield str(path)
+
+class _StagePartFn(beam.DoFn):
+    def __init__(self, staging_dir: OfflinePath | str) -> None:
+        self.staging_dir = location.coerce(staging_dir)
+
+    def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
+        path = self.staging_dir / f"{uuid.uuid4().hex}.arrow"
+        location.write_ipc([batch], path)
+        yield path if location.is_remote(path) else str(path)
 
 
 class _MergeFn(beam.DoFn):
-    def __init__(self, target: str) -> None:
-        self.target = target
+    def __init__(self, target: OfflinePath | str) -> None:
+        self.target = location.coerce(target)
 
-    def process(self, parts: list[str]) -> Iterator[Any]:
+    def process(self, parts: list[Any]) -> Iterator[Any]:
         if parts:
-            merge_parts(parts, Path(self.target))
-            yield self.target
+            merge_parts(parts, self.target)
+            yield str(self.target)
 
 
 class WriteRejects(beam.PTransform):
@@ -117,10 +113,10 @@ class WriteRejects(beam.PTransform):
     Emits the file's path once written.
     """
 
-    def __init__(self, target: str | Path, staging_dir: str | Path) -> None:
+    def __init__(self, target: OfflinePath | str, staging_dir: OfflinePath | str) -> None:
         super().__init__()
-        self.target = str(target)
-        self.staging_dir = str(staging_dir)
+        self.target = location.coerce(target)
+        self.staging_dir = location.coerce(staging_dir)
 
     def expand(self, rejects: beam.PCollection) -> beam.PCollection:
         return (

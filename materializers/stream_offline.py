@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from featurestore.offline import layout
+from featurestore.offline import layout, location
+from featurestore.offline.location import OfflinePath
 from featurestore.sources import ORDINAL
 from materializers.dedup import dedup_rows
 from materializers.schema import EVENT_TS, ViewSchema
@@ -38,19 +38,19 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def stream_file(
-    offline_path: Path, project: str, view: str, window_start_us: int, consumer: str
-) -> Path:
+    offline_path: OfflinePath | str, project: str, view: str, window_start_us: int, consumer: str
+) -> OfflinePath:
     """The file of the window starting at ``window_start_us`` written by ``consumer``.
 
     >>> stream_file(Path("off"), "demo", "clicks", 1_795_000_000_000_000, "job 1").name
     'stream-20261118T110640Z-job_1.parquet'
     """
     start = datetime.fromtimestamp(window_start_us / 1_000_000, timezone.utc)
-    directory = layout.partition_dir(Path(offline_path), project, view, start.date())
+    directory = layout.partition_dir(offline_path, project, view, start.date())
     return directory / f"stream-{start:%Y%m%dT%H%M%SZ}-{_SAFE.sub('_', consumer)}.parquet"
 
 
-def merge_into_file(path: Path, rows: pa.Table, schema: ViewSchema) -> int:
+def merge_into_file(path: OfflinePath, rows: pa.Table, schema: ViewSchema) -> int:
     """Merge ``rows`` (the layout, maybe ``__ordinal``) into ``path``; returns rows written."""
     target = schema.layout_schema()
     new = rows.select(target.names).cast(target)
@@ -63,7 +63,7 @@ def merge_into_file(path: Path, rows: pa.Table, schema: ViewSchema) -> int:
     if path.exists():
         # A file written before the view changed (a feature added, removed or retyped) is
         # conformed to the current layout, as the batch job's partial rewrites are.
-        old = layout.conform(pq.read_table(path), target)
+        old = layout.conform(location.read_table(path), target)
         # Rows already in the file lose ties against rows written now.
         parts.insert(0, old.append_column(ORDINAL, pa.array(np.full(old.num_rows, -1, np.int64))))
     merged = dedup_rows(pa.concat_tables(parts), schema)
@@ -74,7 +74,7 @@ def merge_into_file(path: Path, rows: pa.Table, schema: ViewSchema) -> int:
 
 
 def prune_before(
-    offline_path: Path,
+    offline_path: OfflinePath | str,
     project: str,
     view: str,
     consumer: str,
@@ -89,8 +89,8 @@ def prune_before(
     >>> prune_before(Path("off"), "demo", "clicks", "job-1", 1_795_000_000_000_000)  # doctest: +SKIP
     12
     """
-    root = layout.view_dir(Path(offline_path), project, view)
-    if not root.is_dir():
+    root = layout.view_dir(offline_path, project, view)
+    if isinstance(root, Path) and not root.is_dir():  # an object store lists nothing instead
         return 0
     last = datetime.fromtimestamp(before_us / 1_000_000, timezone.utc).date()
     first = (
@@ -109,7 +109,7 @@ def prune_before(
             start = _window_start(path.name)
             if start is None or start >= before_us:
                 continue
-            table = pq.read_table(path)
+            table = location.read_table(path)
             event_us = pc.cast(table.column(EVENT_TS), pa.int64())
             keep = pc.greater_equal(event_us, pa.scalar(before_us, pa.int64()))
             if since_us is not None:  # rows before ``since`` are not the batch job's

@@ -18,6 +18,7 @@ from registry.errors import ConfigError, UserError
 
 if TYPE_CHECKING:
     from featurestore.config import OnlineStoreConfig
+    from featurestore.offline.location import OfflinePath
     from featurestore.store import FeatureStore
 
 
@@ -80,7 +81,7 @@ class StreamRun:
     source: Any
     stream_url: str
     project: str
-    offline_path: Path
+    offline_path: OfflinePath  # a local Path or an object-store ObjectPath
     online_config: OnlineStoreConfig
     root: Path
     options: StreamOptions

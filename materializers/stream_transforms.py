@@ -30,8 +30,8 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from featurestore.offline.location import write_parquet
 from featurestore.streams.encoding import ENTRY_ID
 from materializers import freshness
 from materializers.aggregates import pane_of, pane_partials
@@ -144,8 +144,7 @@ class _RejectsFn(beam.DoFn):
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             run_id = f"stream-{stamp}-{uuid.uuid4().hex[:8]}"
             target = rejects_path(run.offline_path, run.project, run.view, run_id)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(mb.rejects, target, compression="zstd")
+            write_parquet(mb.rejects, target, compression="zstd")  # local or object store
             # Views with aggregations acknowledge everything in their commit (exactly once).
             if not run.schema.aggregated:
                 self.reader.ack(mb.rejected_ids)

@@ -28,7 +28,6 @@ import os
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -37,7 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.transforms.window import GlobalWindows
 
-from featurestore.offline import layout
+from featurestore.offline import layout, location
+from featurestore.offline.location import OfflinePath
 from featurestore.sources import Interval, SourceReader
 from materializers import progress
 from materializers.aggregate_transforms import AggregateByDate
@@ -184,24 +184,24 @@ class DeduplicateBatches(beam.PTransform):
         return batches | "Dedup" >> beam.ParDo(_DedupFn(self.schema))
 
 
-def _read_ipc(path: str) -> pa.Table:
-    with pa.memory_map(path) as source:
-        return pa.ipc.open_file(source).read_all()
+def _read_ipc(path: OfflinePath | str) -> pa.Table:
+    return location.read_ipc(location.coerce(path))
 
 
 class _StageByDateFn(beam.DoFn):
     """Writes valid rows to Arrow files under ``{staging}/date=YYYY-MM-DD/``; emits
-    ``(date, path)``. Buffers at most a few batches, so memory does not grow with the data."""
+    ``(date, path)``. Buffers at most a few batches, so memory does not grow with the data.
+    On an object store the staging files are objects under the run's ``_staging`` prefix."""
 
-    def __init__(self, staging_dir: str, batch_rows: int) -> None:
-        self.staging_dir = staging_dir
+    def __init__(self, staging_dir: OfflinePath | str, batch_rows: int) -> None:
+        self.staging_dir = location.coerce(staging_dir)
         self.batch_rows = batch_rows
 
     def start_bundle(self) -> None:
         self.buffers: dict[int, list[pa.RecordBatch]] = {}
         self.sizes: dict[int, int] = {}
 
-    def process(self, batch: pa.RecordBatch) -> Iterator[tuple[str, str]]:
+    def process(self, batch: pa.RecordBatch) -> Iterator[tuple[str, Any]]:
         if not batch.num_rows:
             return
         days = pc.cast(batch.column(EVENT_TS), pa.date32()).to_numpy(zero_copy_only=False)
@@ -226,17 +226,15 @@ class _StageByDateFn(beam.DoFn):
         for day in list(self.buffers):
             yield GlobalWindows.windowed_value(self._flush(day))
 
-    def _flush(self, day: int) -> tuple[str, str]:
+    def _flush(self, day: int) -> tuple[str, Any]:
         batches = self.buffers.pop(day)
         self.sizes.pop(day)
         iso = (date(1970, 1, 1) + timedelta(days=day)).isoformat()
-        directory = Path(self.staging_dir) / f"date={iso}"
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{uuid.uuid4().hex}.arrow"
-        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, batches[0].schema) as writer:
-            for b in batches:
-                writer.write_batch(b)
-        return iso, str(path)
+        path = self.staging_dir / f"date={iso}" / f"{uuid.uuid4().hex}.arrow"
+        location.write_ipc(batches, path)
+        # A local path travels as text (as it always has), an object path as itself (its store
+        # options with it).
+        return iso, path if location.is_remote(path) else str(path)
 
 
 class _MergeDayFn(beam.DoFn):
@@ -245,7 +243,7 @@ class _MergeDayFn(beam.DoFn):
 
     def process(self, element: tuple[str, Any]) -> Iterator[tuple[str, pa.Table]]:
         day, paths = element
-        files = sorted({p for p in paths if p})
+        files = sorted({p for p in paths if p}, key=str)
         if files:
             table = pa.concat_tables([_read_ipc(p) for p in files])
         else:
@@ -265,7 +263,11 @@ class DeduplicateByPartition(beam.PTransform):
     """
 
     def __init__(
-        self, schema: ViewSchema, staging_dir: str, batch_rows: int, days: Sequence[str] = ()
+        self,
+        schema: ViewSchema,
+        staging_dir: OfflinePath | str,
+        batch_rows: int,
+        days: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.schema = schema
@@ -302,13 +304,13 @@ class _WritePartitionFn(beam.DoFn):
     def __init__(
         self,
         schema: ViewSchema,
-        offline_path: str,
+        offline_path: OfflinePath | str,
         project: str,
         interval: Interval,
         progress_key: str | None,
     ) -> None:
         self.schema = schema
-        self.offline_path = offline_path
+        self.offline_path = location.coerce(offline_path)
         self.project = project
         self.interval = interval
         self.progress_key = progress_key
@@ -322,7 +324,7 @@ class _WritePartitionFn(beam.DoFn):
         end = min(self.interval.end, day_start + timedelta(days=1))
         target = self.schema.layout_schema()
         written = layout.replace_interval(
-            Path(self.offline_path),
+            self.offline_path,
             self.project,
             self.schema.view,
             table.select(target.names).cast(target),
@@ -347,13 +349,13 @@ class WriteOffline(beam.PTransform):
     def __init__(
         self,
         schema: ViewSchema,
-        offline_path: str | Path,
+        offline_path: OfflinePath | str,
         project: str,
         interval: Interval,
         progress_key: str | None = None,
     ) -> None:
         super().__init__()
-        self.fn = _WritePartitionFn(schema, str(offline_path), project, interval, progress_key)
+        self.fn = _WritePartitionFn(schema, offline_path, project, interval, progress_key)
 
     def expand(self, days: beam.PCollection) -> beam.PCollection:
         return days | "Replace" >> beam.ParDo(self.fn)

@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from featurestore.offline import layout
+from featurestore.offline import layout, location
+from featurestore.offline.location import OfflinePath
 from registry.errors import FeatureStoreError
 
 if TYPE_CHECKING:
@@ -68,13 +68,13 @@ class RunFiles(Protocol):
     def project(self) -> str: ...
 
     @property
-    def offline_path(self) -> Path: ...
+    def offline_path(self) -> OfflinePath: ...
 
     @property
-    def staging_dir(self) -> Path: ...
+    def staging_dir(self) -> OfflinePath: ...
 
     @property
-    def rejects_target(self) -> Path: ...
+    def rejects_target(self) -> OfflinePath: ...
 
 
 class VerificationError(FeatureStoreError):
@@ -140,7 +140,7 @@ def verify_run(
     newest: _NewestPerEntity | None = _NewestPerEntity(s.key_names) if s.online else None
     for day, path in files:
         try:
-            table = pq.read_table(path, columns=[*s.key_names, EVENT_TS])
+            table = location.read_table(path, columns=[*s.key_names, EVENT_TS])
         except (OSError, pa.ArrowInvalid) as exc:
             problems.append(f"offline partition {path} cannot be read: {exc}")
             continue
@@ -216,8 +216,8 @@ def verify_run(
 
 
 def _partition_files(
-    offline_path: Path, project: str, view: str, start: datetime, end: datetime
-) -> list[tuple[str, Path]]:
+    offline_path: OfflinePath, project: str, view: str, start: datetime, end: datetime
+) -> list[tuple[str, OfflinePath]]:
     """``(ISO date, batch file)`` of every existing partition the interval touches."""
     first = start.date()
     last = (end - timedelta(microseconds=1)).date()
@@ -238,38 +238,39 @@ def _inside(table: pa.Table, start: datetime, end: datetime) -> pa.ChunkedArray:
     )
 
 
-def _staged_distinct(directory: Path, keys: list[str]) -> tuple[dict[str, int], int]:
+def _staged_distinct(directory: OfflinePath, keys: list[str]) -> tuple[dict[str, int], int]:
     """Per staged date, the distinct (join keys, event time) rows; and all rows staged."""
     out: dict[str, int] = {}
     total = 0
-    if not directory.is_dir():
+    if isinstance(directory, Path) and not directory.is_dir():  # an object store lists nothing
         return out, total
-    for day_dir in sorted(directory.glob("date=*")):
-        tables = []
-        for path in sorted(day_dir.glob("*.arrow")):
-            with pa.memory_map(str(path)) as source:
-                tables.append(pa.ipc.open_file(source).read_all().select(keys))
-        if not tables:
-            continue
+    by_day: dict[str, list[OfflinePath]] = {}
+    for path in sorted(directory.glob("date=*/*.arrow")):  # one listing on an object store
+        by_day.setdefault(path.parent.name, []).append(path)
+    for day_name, paths in sorted(by_day.items()):
+        tables = [location.read_ipc(path).select(keys) for path in paths]
         table = pa.concat_tables(tables)
         total += table.num_rows
         distinct = table.group_by(keys).aggregate([]).num_rows
         if distinct:
-            out[day_dir.name.removeprefix("date=")] = distinct
+            out[day_name.removeprefix("date=")] = distinct
     return out, total
 
 
-def _ipc_rows(paths: Iterable[Path]) -> int:
+def _ipc_rows(paths: Iterable[OfflinePath]) -> int:
     rows = 0
     for path in paths:
+        if location.is_remote(path):
+            rows += location.read_ipc(path).num_rows
+            continue
         with pa.memory_map(str(path)) as source:
             reader = pa.ipc.open_file(source)
             rows += sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
     return rows
 
 
-def _rows(path: Path) -> int:
-    return pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
+def _rows(path: OfflinePath) -> int:
+    return location.parquet_rows(path)
 
 
 # -- online ----------------------------------------------------------------------------------------

@@ -106,6 +106,64 @@ def postgres_url() -> Iterator[str]:
     admin.dispose()
 
 
+# .ci/run starts an S3-compatible server (moto) on loopback and sets this to its URL.
+S3_ENDPOINT = os.environ.get("FEATURESTORE_TEST_S3_ENDPOINT")
+#: moto accepts any credentials; the AWS SDK only needs some (else it asks the EC2 metadata service).
+S3_TEST_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "featurestore-test",
+    "AWS_SECRET_ACCESS_KEY": "featurestore-test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """``http://host:port`` of an S3-compatible server. In CI a missing
+    FEATURESTORE_TEST_S3_ENDPOINT or a server that does not answer fails the test; locally,
+    without the variable, a moto server is started in this process (``moto[server]``, in the
+    ``test`` extra). Test credentials are set in this process's environment when it has none."""
+    import urllib.error
+    import urllib.request
+
+    for name, value in S3_TEST_CREDENTIALS.items():
+        os.environ.setdefault(name, value)
+    ci = bool(os.environ.get("CI"))
+    if S3_ENDPOINT is None and ci:
+        pytest.fail("FEATURESTORE_TEST_S3_ENDPOINT is not set; .ci/run starts moto_server and sets it")
+    server = None
+    endpoint = S3_ENDPOINT
+    if endpoint is None:
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+    try:
+        urllib.request.urlopen(endpoint, timeout=5).close()
+    except urllib.error.HTTPError:
+        pass  # it answered
+    except OSError as exc:  # pragma: no cover - only when the server is down
+        pytest.fail(f"no S3-compatible server answers at {endpoint} ({exc}); .ci/run starts one")
+    yield endpoint
+    if server is not None:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A fresh, empty bucket on the test S3 server: ``s3://NAME``."""
+    import pyarrow.fs as pafs
+
+    name = "fs-" + uuid.uuid4().hex[:16]
+    host = s3_endpoint.split("://", 1)[1]
+    fs = pafs.S3FileSystem(
+        endpoint_override=host, scheme="http", region="us-east-1", allow_bucket_creation=True
+    )
+    fs.create_dir(name)
+    return f"s3://{name}"
+
+
 def metric(text: str, name: str, **labels: str) -> float | None:
     """The value of one sample of a Prometheus text exposition (``GET /metrics``), or None when
     it is absent: ``metric(text, "featurestore_requests_total", endpoint="/features", status="200")``."""

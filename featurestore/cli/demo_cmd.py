@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  registry        {store.config.registry_url}")
     print(f"  offline store   {store.config.offline_path}  (Parquet, partitioned by date)")
     print(f"  online store    {store.config.resolve(store.config.online_store.path)}  (embedded SQLite)")
-    print(f"  model           taste v{result.version}, artifact in {store.config.offline_path / store.project / '_models' / 'taste'}")
+    print(f"  model           taste v{result.version}, artifact in {store.config.artifacts_path / store.project / '_models' / 'taste'}")
     print(f"  materialized    {rows:,} rows in {seconds:.1f} s = {rows / max(seconds, 1e-9):,.0f} rows/s (Beam, in-process runner)")
     print(f"  online read     POST /features, 10 items: p50 {_pct(feature_ms, 50):.2f} ms, p99 {_pct(feature_ms, 99):.2f} ms")
     print(f"  predict         POST /predict, 100 items, top 10: p50 {_pct(predict_ms, 50):.2f} ms, p99 {_pct(predict_ms, 99):.2f} ms")

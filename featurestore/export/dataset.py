@@ -4,6 +4,12 @@ Nothing is computed until the dataset is read; each read runs the export query a
 dataset's own DuckDB connection, whose memory is capped by ``memory_limit`` (DuckDB spills to
 ``temp_directory`` beyond it), so the output size does not bound memory: ``to_parquet`` and
 ``iter_batches`` stream. ``to_arrow`` and ``to_pandas`` hold the whole result, by nature.
+
+An offline store on an object store (``s3://``, ``gs://``) is read through pyarrow's filesystem:
+the partitions the export needs (the same date pruning) are copied into a private local
+directory, and the same query runs over the copies, so the result is the one a local store
+gives, and DuckDB needs no extension (httpfs) and still spills instead of holding the inputs in
+memory. The copies live as long as the dataset.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from featurestore.export.entity_input import (
     open_entity_input,
     timestamp_sql,
 )
-from featurestore.offline import layout
+from featurestore.offline import layout, location
 from registry.definitions import Definitions
 from registry.errors import ConfigError, DataError, UserError
 
@@ -67,6 +73,7 @@ class TrainingDataset:
         missing_views: list[str],
         warnings: list[str],
         temp_dir: str | None,
+        fetch_dir: str | None = None,
     ) -> None:
         self._con = con
         self.sql = sql
@@ -76,7 +83,7 @@ class TrainingDataset:
         self.missing_views = missing_views
         self.warnings = warnings
         # The spill directory lives as long as the dataset, even if close() is never called.
-        self._cleanup = weakref.finalize(self, _release, con, temp_dir)
+        self._cleanup = weakref.finalize(self, _release, con, temp_dir, fetch_dir)
 
     @property
     def feature_columns(self) -> list[str]:
@@ -193,6 +200,11 @@ def get_training_dataset(
     """
     joins, feature_columns = pit.plan_features(definitions, features, full_names=full_names)
     con, temp_dir = _connect(memory_limit, temp_directory, connection)
+    fetch_dir = (
+        tempfile.mkdtemp(prefix="featurestore-export-offline-")
+        if location.is_remote(config.offline_path)
+        else None
+    )
     try:
         entity = open_entity_input(con, entity_df)
         ts_type = entity.require(timestamp_column, "the timestamp column")
@@ -209,7 +221,7 @@ def get_training_dataset(
             ).fetchall()[0]
         )
         bounds = pit.TimeBounds(first, last)
-        warnings = _locate(con, config, joins, bounds)
+        warnings = _locate(con, config, joins, bounds, fetch_dir)
         if not exclude_created_after:  # that plan breaks ties by construction
             for join in joins:
                 if join.files:
@@ -224,7 +236,7 @@ def get_training_dataset(
             exclude_created_after=exclude_created_after,
         )
     except BaseException:
-        _release(con, temp_dir)
+        _release(con, temp_dir, fetch_dir)
         raise
     return TrainingDataset(
         con,
@@ -235,18 +247,27 @@ def get_training_dataset(
         missing_views=[j.view for j in joins if not j.has_data],
         warnings=warnings,
         temp_dir=temp_dir,
+        fetch_dir=fetch_dir,
     )
 
 
 def _locate(
-    con: Any, config: RepoConfig, joins: list[pit.ViewJoin], bounds: pit.TimeBounds
+    con: Any,
+    config: RepoConfig,
+    joins: list[pit.ViewJoin],
+    bounds: pit.TimeBounds,
+    fetch_dir: str | None = None,
 ) -> list[str]:
-    """Fill each join's files and present features; return warnings for what is missing."""
+    """Fill each join's files and present features; return warnings for what is missing.
+    Files of an object store are copied under ``fetch_dir`` first (module docstring)."""
     warnings: list[str] = []
     for join in joins:
-        join.has_data, join.files = pit.partition_files(
+        join.has_data, files = pit.partition_files(
             config.offline_path, config.project, join.view, join.ttl_seconds, bounds
         )
+        if fetch_dir is not None and files:
+            files = location.fetch(files, Path(fetch_dir), config.offline_path)
+        join.files = files
         if not join.has_data:
             warnings.append(
                 f"feature view {join.view!r} has no offline data yet: its features are all null "
@@ -319,10 +340,11 @@ def _connect(
     return con, temp_dir
 
 
-def _release(con: Any, temp_dir: str | None) -> None:
+def _release(con: Any, *directories: str | None) -> None:
     con.close()
-    if temp_dir is not None:
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    for directory in directories:
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _run(call: Callable[[], Any]) -> Any:

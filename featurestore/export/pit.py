@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from featurestore.offline import layout
+from featurestore.offline.location import OfflinePath
 from registry.definitions import Definitions
 from registry.errors import UserError
 from registry.types import parse_dtype
@@ -230,12 +231,13 @@ def plan_features(
 
 
 def partition_files(
-    offline_path: Path, project: str, view: str, ttl_seconds: int, bounds: TimeBounds
-) -> tuple[bool, list[Path]]:
+    offline_path: OfflinePath, project: str, view: str, ttl_seconds: int, bounds: TimeBounds
+) -> tuple[bool, list[Any]]:
     """(view has any partition, the Parquet files of the partitions the export can need).
 
     Date partitions hold rows by the UTC date of ``event_timestamp``; an answer for T has
     T - D < t <= T, so only dates from date(min T - D) (or the first, for D = 0) to date(max T).
+    On an object store the files are ``ObjectPath``s (``location.fetch`` copies them).
     """
     days = layout.existing_partitions(offline_path, project, view)
     if not days or bounds.first is None or bounds.last is None:
@@ -244,7 +246,7 @@ def partition_files(
     if ttl_seconds:
         low = (bounds.first - timedelta(seconds=ttl_seconds)).date()
     high = bounds.last.date()
-    files: list[Path] = []
+    files: list[Any] = []
     for day in days:
         if day > high or (low is not None and day < low):
             continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -21,12 +22,15 @@ from pathlib import Path
 
 def _run(cmd: list[str], cwd: Path) -> tuple[float, float, float]:
     """(wall s, cpu s, peak MB) of one run."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        if proc.returncode != 0:
+            err.seek(0)
+            raise SystemExit(f"{' '.join(cmd)} failed: {err.read().decode()[-2000:]}")
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
@@ -38,10 +42,13 @@ def main() -> None:
         repo = Path(tmp) / "repo"
         subprocess.run([sys.executable, "-m", "featurestore.cli.main", "init", str(repo)], check=True,
                        stdout=subprocess.DEVNULL)
+        # The console script users type, when installed; else the same module through python.
+        script = shutil.which("featurestore")
+        cli = [script] if script else [sys.executable, "-m", "featurestore.cli.main"]
         cases = {
             "python -c pass": [sys.executable, "-c", "pass"],
-            "featurestore --help": [sys.executable, "-m", "featurestore.cli.main", "--help"],
-            "featurestore validate": [sys.executable, "-m", "featurestore.cli.main", "validate"],
+            "featurestore --help": [*cli, "--help"],
+            "featurestore validate": [*cli, "validate"],
         }
         samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in cases}
         for _ in range(args.rounds):  # interleaved: a noisy moment hits every case alike

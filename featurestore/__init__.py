@@ -43,3 +43,7 @@ def __getattr__(name: str) -> Any:
 
         return FeatureStore
     raise AttributeError(f"module 'featurestore' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), "FeatureStore"])

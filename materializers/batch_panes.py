@@ -8,6 +8,9 @@ Redis beside the stream job's state (``materializers.stream_state``)::
                                               for the panes the stream job may still read
     {project}:__stream__:{view}:batch_until   at = B, version, run
 
+(on a Redis Cluster behind the stream's hash tag, ``{stream}:`` + the same, as in
+``materializers.stream_state``)
+
 B is the run's end (not rounded): events before B are the batch job's, the others the stream
 job's. The stream job merges the batch's partials for panes before B's pane with its own for
 the later ones; B's own pane takes both (the batch's holds the entity's events before B).
@@ -202,8 +205,8 @@ class BatchPanes:
         source = view.stream_source
         url = source.url or store.config.online_store.url
         client = connect(url)
-        prefix = prefix_for(client, store.project, s.view, source.stream)
         try:
+            prefix = prefix_for(client, store.project, s.view, source.stream)
             with _guard(url, source.stream, "reading the batch boundary"):
                 boundary = Boundary.parse(client.hgetall(prefix + "batch_until"))
                 recorded = client.get(prefix + "lateness")

@@ -9,6 +9,9 @@ Per view, pane partials (``materializers.aggregates``) as JSON, one hash per pan
     {project}:__stream__:{view}:windows       sorted set of window ends to (re)write offline
     {project}:__stream__:{view}:winver        window end -> version (bumped by every change)
 
+On a Redis Cluster every one of these keys is prefixed with the stream's hash tag,
+``{stream}:{project}:__stream__:{view}:...`` (``state_prefix``), so each script touches one slot.
+
 **Who owns an event** (docs/streaming.md, "Batch and stream"): with a boundary B published by
 a batch run, events before B are the batch job's and the others the stream's. Panes before
 B's pane come from ``bpane`` only; B's own pane ("the straddle") from both, the batch's partial

@@ -73,7 +73,8 @@ _DATA_FAMILIES = (
     m.Family(
         "featurestore_online_store_data_losses_total",
         "Times this process found the online store emptied (its epoch marker gone or replaced).",
-        "counter", (), "d",
+        # Every worker finds every loss: the answering worker's count, not the workers' sum.
+        "counter", (), "d", per_process=False,
     ),
     m.Family(
         "featurestore_online_store_view_lost",

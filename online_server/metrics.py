@@ -17,13 +17,16 @@ worker's numbers, so every number must reach the shared directory:
 - ``Counter``/``Histogram``: ``prometheus_client`` writes them there itself; the scrape sums
   every worker's files (``MultiProcessCollector``), those of workers that have exited included,
   so a counter never goes back;
-- counter families of ``Collected``: mirrored into multiprocess counters by their increase since
-  the last mirror, by each worker about once a second and by the scraping worker before it
-  answers (the other workers' last second may be missing from one scrape, never lost);
+- counter families of ``Collected`` (each process counts its own events): mirrored into
+  multiprocess counters by their increase since the last mirror, by each worker about once a
+  second and by the scraping worker before it answers (the other workers' last second may be
+  missing from one scrape, never lost);
 - a gauge with ``per_process=True`` (this process's cache size, its pending log records):
   mirrored the same way into a ``liveall`` gauge, one sample per running worker (label ``pid``);
-- any other gauge (freshness, stream lag: the same whichever worker computes it) is computed by
-  the scraping worker, as with one worker.
+- any other gauge (freshness, stream lag: the same whichever worker computes it), and a counter
+  with ``per_process=False`` (every process counts the same events, e.g. losses of the shared
+  online store), is computed by the scraping worker, as with one worker. The mirror never
+  reads those: they may ask a store, which only a scrape should do.
 
 Counter families follow Prometheus' naming: ``..._total``. A running sum whose name does not end
 so (``..._sum``, ``..._count`` beside a gauge) is shown as a gauge, keeping its name.
@@ -34,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -51,7 +55,6 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: How often each worker mirrors its ``Collected`` counters and per-process gauges.
 SYNC_SECONDS = 1.0
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 disable_created_metrics()  # no *_created samples: not in the multiprocess files either
 
@@ -59,6 +62,23 @@ disable_created_metrics()  # no *_created samples: not in the multiprocess files
 def multiprocess_dir() -> str | None:
     """The shared directory of ``serve --workers N``, or None with one process."""
     return os.environ.get(MULTIPROC_ENV) or None
+
+
+# With several workers, one prometheus_client metric per name and process: its values live in
+# this process's file under (name, labels), so two objects of one name (two apps in a process)
+# would overwrite each other's counts.
+_PROCESS_METRICS: dict[str, Any] = {}
+_PROCESS_LOCK = threading.Lock()
+
+
+def _process_metric(kind: Any, name: str, help_text: str, labels: Sequence[str], **options: Any) -> Any:
+    if multiprocess_dir() is None:
+        return kind(name, help_text, labels, registry=None, **options)
+    with _PROCESS_LOCK:
+        metric = _PROCESS_METRICS.get(name)
+        if metric is None:
+            metric = _PROCESS_METRICS[name] = kind(name, help_text, labels, registry=None, **options)
+        return metric
 
 
 def _str(values: Sequence[Any]) -> list[str]:
@@ -70,7 +90,7 @@ class Counter:
 
     def __init__(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> None:
         self.name, self.help, self.label_names = name, help_text, labels
-        self._metric = _PCounter(name, help_text, labels, registry=None)
+        self._metric = _process_metric(_PCounter, name, help_text, labels)
         self._own: dict[tuple[str, ...], float] = {}
         self._lock = threading.Lock()
 
@@ -91,7 +111,7 @@ class Histogram:
         self, name: str, help_text: str, labels: tuple[str, ...] = (), buckets: tuple[float, ...] = LATENCY_BUCKETS
     ) -> None:
         self.name, self.help, self.label_names, self.buckets = name, help_text, labels, buckets
-        self._metric = _PHistogram(name, help_text, labels, registry=None, buckets=buckets)
+        self._metric = _process_metric(_PHistogram, name, help_text, labels, buckets=buckets)
 
     def observe(self, value: float, *labels: str) -> None:
         (self._metric.labels(*_str(labels)) if self.label_names else self._metric).observe(value)
@@ -113,13 +133,16 @@ class Family:
 
     def __init__(
         self, name: str, help_text: str, kind: str, labels: tuple[str, ...] = (), value_format: str = "g",
-        *, per_process: bool = False,
+        *, per_process: bool | None = None,
     ) -> None:
         if kind not in self.KINDS:
             raise ValueError(f"metric {name}: kind {kind!r} is not one of {', '.join(self.KINDS)}")
         self.name, self.help, self.kind, self.label_names = name, help_text, kind, labels
         self.value_format = value_format
-        self.per_process = per_process
+        # Whose value it is. A counter counts this process's own events (summed over workers)
+        # unless every process counts the same events (per_process=False: the answering
+        # worker's own count). A gauge is the same everywhere unless per_process=True.
+        self.per_process = (kind == "counter") if per_process is None else per_process
 
     @property
     def counter(self) -> bool:
@@ -144,7 +167,7 @@ class Gauges:
 
     def __init__(
         self, name: str, help_text: str, label: str, collect: Callable[[], dict[str, float | None]],
-        *, per_process: bool = False,
+        *, per_process: bool | None = None,
     ) -> None:
         self.name = name
         self.family = Family(name, help_text, "gauge", (label,), per_process=per_process)
@@ -231,12 +254,13 @@ class Registry:
         else:
             from prometheus_client.multiprocess import MultiProcessCollector
 
-            self._mirror.sync()  # this worker's latest, before the files are read
+            failed = self._mirror.sync()  # this worker's latest, before the files are read
             shared = CollectorRegistry(auto_describe=False)
             MultiProcessCollector(shared, multiprocess_dir())
             # Mirrored families come from the files; only the rest is computed here.
             scrape = _ScrapeTime(self._read, lambda family: not _mirrored(family))
             body = generate_latest(_Joined(shared, scrape)).decode()
+            scrape.failed = sorted(set(failed + scrape.failed))
         return "".join(line + "\n" for line in scrape.failed) + body
 
 
@@ -252,7 +276,7 @@ class _Joined(Collector):
 
 
 def _mirrored(family: Family) -> bool:
-    return family.counter or family.per_process or family.kind == "counter"
+    return bool(family.per_process)
 
 
 class _Mirror:
@@ -266,42 +290,57 @@ class _Mirror:
         self._gauges: dict[str, Any] = {}
         self._last: dict[tuple[str, tuple[str, ...]], float] = {}
         self._lock = threading.Lock()
+        self._warned: set[str] = set()
         owner = weakref.ref(self)
 
         def loop() -> None:
             while (mirror := owner()) is not None:
+                mirror.sync()
                 try:
-                    mirror.sync()
                     mirror._reap()
-                except Exception:
-                    logger.debug("mirroring the metrics failed", exc_info=True)
+                except OSError:
+                    logger.debug("reaping the metrics of exited workers failed", exc_info=True)
                 del mirror
-                _STOP.wait(SYNC_SECONDS)
-                if _STOP.is_set():
-                    return
+                time.sleep(SYNC_SECONDS)
 
         threading.Thread(target=loop, name="metrics-mirror", daemon=True).start()
 
-    def sync(self) -> None:
+    def sync(self) -> list[str]:
+        """Mirror every source with a per-process family (only those: the others may read a
+        store, which the answering worker does at scrape time); returns the failures as
+        exposition comments, one per failing source, which hides nothing else."""
+        failed = []
         with self._lock:
             for source in list(self.sources):
-                snapshot = source.collect()
-                for family, samples in zip(source.families, snapshot):
-                    if samples is None or not _mirrored(family):
-                        continue
-                    if family.kind == "counter":
-                        self._add(family, samples)
-                    else:
-                        self._set(family, samples)
+                if not any(_mirrored(f) for f in source.families):
+                    continue
+                try:
+                    self._sync(source)
+                except Exception as exc:  # noqa: BLE001 - a broken source must not hide the others
+                    failed.append(f"# {source.name} unavailable: {type(exc).__name__}")
+                    if source.name not in self._warned:
+                        self._warned.add(source.name)
+                        logger.warning("metrics of %s not mirrored: %s", source.name, exc)
+        return failed
+
+    def _sync(self, source: _Read) -> None:
+        snapshot = source.collect()
+        for family, samples in zip(source.families, snapshot):
+            if samples is None or not _mirrored(family):
+                continue
+            if family.kind == "counter":
+                self._add(family, samples)
+            else:
+                self._set(family, samples)
 
     def _add(self, family: Family, samples: Mapping[tuple[Any, ...], float | None]) -> None:
         counter = self._counters.get(family.name)
         if counter is None:
             if family.counter:
-                counter = _PCounter(family.name, family.help, family.label_names, registry=None)
+                counter = _process_metric(_PCounter, family.name, family.help, family.label_names)
             else:  # a running sum not named _total: a gauge that sums every worker's value
-                counter = _PGauge(family.name, family.help, family.label_names, registry=None,
-                                  multiprocess_mode="sum")
+                counter = _process_metric(_PGauge, family.name, family.help, family.label_names,
+                                          multiprocess_mode="sum")
             self._counters[family.name] = counter
         for labels, value in samples.items():
             if value is None:
@@ -321,8 +360,8 @@ class _Mirror:
     def _set(self, family: Family, samples: Mapping[tuple[Any, ...], float | None]) -> None:
         gauge = self._gauges.get(family.name)
         if gauge is None:
-            gauge = _PGauge(family.name, family.help, family.label_names, registry=None,
-                            multiprocess_mode="liveall")
+            gauge = _process_metric(_PGauge, family.name, family.help, family.label_names,
+                                    multiprocess_mode="liveall")
             self._gauges[family.name] = gauge
         for labels, value in samples.items():
             if value is not None:
@@ -346,5 +385,3 @@ class _Mirror:
             except (ValueError, IndexError, PermissionError):
                 continue
 
-
-_STOP = threading.Event()

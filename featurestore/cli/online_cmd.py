@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from featurestore.config import load_config
     from featurestore.online.redis_cluster_store import RedisClusterOnlineStore
     from featurestore.online.redis_move import move_to_cluster
-    from featurestore.online.redis_store import RedisOnlineStore
-    from registry.errors import ConfigError
+    from featurestore.online.redis_store import RedisOnlineStore, redact
+    from registry.errors import ConfigError, FeatureStoreError
 
     config = load_config(args.repo)
     online = config.online_store
@@ -46,16 +46,33 @@ def run(args: argparse.Namespace) -> int:
             f"online_store is {what}: move-to-cluster copies from a single Redis",
             hint="pass --from redis://HOST:PORT/DB to name the single Redis to copy from",
         )
-    source = RedisOnlineStore(config.project, args.source or online.url)
-    target = RedisClusterOnlineStore(config.project, args.to)
+    source_url = args.source or online.url
+    source = RedisOnlineStore(config.project, source_url)
+    target = None
     try:
-        target.ping()  # a single Redis at --to says so here, before anything is copied
+        # Both ends are asked what they are before anything is copied.
+        with source._guard("asking what it is"):
+            is_cluster = bool(source.client.info("cluster").get("cluster_enabled"))
+        if is_cluster:
+            raise ConfigError(
+                f"{source.address} is a Redis Cluster node: move-to-cluster copies from a single Redis",
+                hint="pass --from the single Redis the online store is in now",
+            )
+        try:
+            target = RedisClusterOnlineStore(config.project, args.to)
+            target.ping()
+        except FeatureStoreError as exc:
+            raise ConfigError(
+                f"--to {redact(args.to)}: {exc.message}",
+                hint="pass --to the address of any node of a running Redis Cluster (every slot served)",
+            ) from None
         print(f"copying project {config.project!r} from {source.address} to the cluster at {target.address} ...",
               file=sys.stderr)
         summary = move_to_cluster(source, target)
     finally:
         source.close()
-        target.close()
+        if target is not None:
+            target.close()
     print(f"copied {summary.rows} rows and {summary.blobs} blobs; {summary.skipped} keys not copied "
           "(meta keys, push markers, stream-job state)")
     print(f"next: set online_store: {{type: redis, cluster: true, url: '{args.to}'}} in featurestore.yaml "

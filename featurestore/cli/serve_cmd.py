@@ -40,30 +40,44 @@ def run(args: argparse.Namespace) -> int:
     finally:
         store.close()
     os.environ["FEATURESTORE_REPO"] = str(store.repo_path)
-    if workers > 1:
+    if workers > 1 or os.environ.get(METRICS_DIR_ENV):
         # Every worker writes its metrics here, so the one that answers /metrics reports them
         # all (online_server.metrics); a fresh directory, as prometheus_client requires.
         return _with_metrics_dir(lambda: _serve(store, host, port, workers, args.log_level))
+    os.environ.pop(METRICS_DIR_ENV, None)  # set but empty: one process, as if unset
     return _serve(store, host, port, workers, args.log_level)
 
 
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
 def _with_metrics_dir(run: Any) -> int:
+    """Run with the metrics directory of several workers: a temporary one (removed after), or
+    the operator's (``PROMETHEUS_MULTIPROC_DIR``: it must exist; files of an earlier server
+    there are removed first, so a directory must not be shared by two running servers)."""
     import os
     import shutil
     import tempfile
 
-    own = os.environ.get("PROMETHEUS_MULTIPROC_DIR") is None
-    if own:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="featurestore-metrics-")
-    else:  # the operator's directory: it must not hold a previous server's files
-        for name in os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]):
+    from registry.errors import ConfigError
+
+    given = os.environ.get(METRICS_DIR_ENV) or None
+    if given is None:
+        os.environ[METRICS_DIR_ENV] = tempfile.mkdtemp(prefix="featurestore-metrics-")
+    elif not os.path.isdir(given):
+        raise ConfigError(
+            f"{METRICS_DIR_ENV}={given!r} is not a directory",
+            hint=f"create it, or unset {METRICS_DIR_ENV} to let serve use a temporary one",
+        )
+    else:
+        for name in os.listdir(given):
             if name.endswith(".db"):
-                os.remove(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], name))
+                os.remove(os.path.join(given, name))
     try:
         return int(run())
     finally:
-        if own:
-            shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)
+        if given is None:
+            shutil.rmtree(os.environ.pop(METRICS_DIR_ENV), ignore_errors=True)
 
 
 def _serve(store: Any, host: str, port: int, workers: int, log_level: str) -> int:

@@ -74,7 +74,7 @@ def test_the_cli_moves_the_configured_redis_into_the_cluster(
 
 
 def test_the_cli_refuses_what_is_not_a_single_redis_to_a_cluster(
-    tmp_path, redis_url: str, unique_project: str, capsys
+    tmp_path, redis_url: str, redis_cluster_url: str, unique_project: str, capsys
 ) -> None:
     from featurestore.cli.main import main
 
@@ -83,6 +83,11 @@ def test_the_cli_refuses_what_is_not_a_single_redis_to_a_cluster(
     err = capsys.readouterr().err
     assert "online_store is type 'embedded'" in err and "hint: pass --from" in err
     single = _repo(tmp_path / "single", unique_project, f"{{type: redis, url: '{redis_url}'}}")
-    # --to a single Redis: refused before anything is copied.
+    # --to a single Redis: refused before anything is copied, the hint naming --to.
     assert main(["-r", str(single), "online", "move-to-cluster", "--to", redis_url]) == 1
-    assert "cluster" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --to {redis_url}") and "hint: pass --to" in err
+    # --from a cluster node (or a config that points at one): refused, nothing copied.
+    cluster_node = redis_cluster_url
+    assert main(["-r", str(single), "online", "move-to-cluster", "--from", cluster_node, "--to", cluster_node]) == 1
+    assert "is a Redis Cluster node" in capsys.readouterr().err

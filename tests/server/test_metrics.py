@@ -128,3 +128,41 @@ def test_several_workers_report_every_workers_numbers(tmp_path, monkeypatch) -> 
     cache = samples["cache"][1]
     assert list(cache.values()) == [40.0] and all(dict(k[1]).get("pid") for k in cache)
     assert samples["fresh_seconds"] == ("gauge", {("fresh_seconds", ()): 9.0})
+
+
+_ONE_PROCESS = """
+import time
+from online_server import metrics as m
+calls = []
+def fresh():
+    calls.append(1)
+    raise ConnectionError("the store is down")
+first, second = m.Registry(), m.Registry()  # two apps in one process share the metric objects
+for registry in (first, second):
+    registry.add(m.Counter("requests_total", "Requests.", ("endpoint",))).inc("/f", amount=3)
+    registry.add(m.Gauges("fresh_seconds", "Freshness.", "view", fresh))
+first.add(m.Collected("guard", (
+    m.Family("losses_total", "Losses every process sees.", "counter", (), per_process=False),
+), lambda: [{(): 1.0}]))
+time.sleep(1.5)  # the mirror threads run: they must not read the store-backed gauge
+idle_calls = len(calls)
+print(idle_calls)
+print(first.render())
+"""
+
+
+def test_several_workers_a_failing_source_and_shared_counts(tmp_path, monkeypatch) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR: the mirror never reads a gauge that may ask a store (only
+    a scrape does); a scrape whose store-backed gauge fails still answers everything else; two
+    apps in one process add up; a counter every process sees alike is not multiplied."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", _ONE_PROCESS], check=True, capture_output=True, text=True).stdout
+    idle_calls, text = out.split("\n", 1)
+    assert idle_calls == "0"
+    assert "# fresh_seconds unavailable: ConnectionError" in text.splitlines()
+    samples = _families(text)
+    assert samples["requests"] == ("counter", {("requests_total", (("endpoint", "/f"),)): 6.0})
+    assert samples["losses"] == ("counter", {("losses_total", ()): 1.0})

@@ -155,3 +155,18 @@ def test_workers_freeze_their_start_up_objects(tmp_path: Path, monkeypatch: pyte
         app.state.store.close()
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.integration
+def test_a_metrics_directory_that_does_not_exist_is_refused_in_one_line(
+    tmp_path: Path, redis_url: str, unique_project: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from featurestore.cli.main import main
+
+    make_repo(tmp_path / "repo", {"type": "redis", "url": redis_url}, unique_project).close()
+    monkeypatch.setenv("FEATURESTORE__ONLINE_STORE__TYPE", "redis")
+    monkeypatch.setenv("FEATURESTORE__ONLINE_STORE__URL", redis_url)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "missing"))
+    assert main(["-r", str(tmp_path / "repo"), "serve", "--port", str(_free_port()), "--workers", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "PROMETHEUS_MULTIPROC_DIR" in err and "is not a directory" in err and "hint:" in err

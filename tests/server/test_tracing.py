@@ -93,6 +93,9 @@ def test_a_request_is_a_trace_with_the_store_calls_inside(
         store.close()
     spans: list[dict[str, Any]] = receiver.spans  # type: ignore[attr-defined]
     assert spans and {s["path"] for s in spans} == {"/v1/traces"}
+    # Only requests start traces: /health's checks and the background threads' Redis calls
+    # (the item cache's poll, the maintenance thread) are not one-span traces of their own.
+    assert {s["trace"] for s in spans} == {CALLER_TRACE}, sorted(s["name"] for s in spans)
     assert {s["service"] for s in spans} == {"features-test"}
     server = [s for s in spans if s["name"] == "POST /features"]
     assert len(server) == 1 and server[0]["trace"] == CALLER_TRACE and server[0]["parent"] == CALLER_SPAN
@@ -134,3 +137,28 @@ def test_tracing_without_its_libraries_says_what_to_install(
         assert "featurestore[tracing]" in (info.value.hint or "")
     finally:
         store.close()
+
+
+@pytest.mark.integration
+def test_two_traced_apps_in_one_process_share_the_setup(
+    tmp_path: Path, redis_url: str, unique_project: str, receiver: http.server.HTTPServer
+) -> None:
+    """The provider and the Redis instrumentation are process-wide: an app that stops does not
+    turn tracing off under another that still runs."""
+    from featurestore import tracing
+
+    store = _traced_store(tmp_path, redis_url, unique_project, receiver)
+    body = {"features": ["user_stats:clicks"], "entity_rows": [{"user_id": 1}]}
+    try:
+        with TestClient(create_app(store)) as second:
+            with TestClient(create_app(store)) as first:
+                assert first.post("/features", json=body).status_code == 200
+            assert tracing.enabled()  # the first app stopped; the second still traces
+            traceparent = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+            assert second.post("/features", json=body, headers={"traceparent": traceparent}).status_code == 200
+        assert not tracing.enabled()  # the last one turned it off
+    finally:
+        store.close()
+    spans: list[dict[str, Any]] = receiver.spans  # type: ignore[attr-defined]
+    in_second = [s["name"] for s in spans if s["trace"] == CALLER_TRACE]
+    assert "POST /features" in in_second and any(n.startswith("redis") for n in in_second), in_second

@@ -127,3 +127,90 @@ def tree_peak_rss_mb(pid: int) -> float:
         except OSError:
             continue
     return total / 1024
+
+
+def tree_cpu_seconds_reaped(pid: int) -> float:
+    """``tree_cpu_seconds`` plus the CPU of descendants already exited and waited for
+    (``cutime``/``cstime``): a worker pool's SDK workers end with their job."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / ticks
+
+
+def tree_rss_mb(pids: list[int]) -> float:
+    """Resident memory now, summed over ``pids`` and all their descendants."""
+    total = 0
+    for p in {q for pid in pids for q in process_tree(pid)}:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+class RssSampler:
+    """The peak of ``tree_rss_mb(pids)``, sampled every ``every`` seconds on a thread: the
+    peak memory of a job whose processes come and go (a job server's SDK workers)."""
+
+    def __init__(self, pids: list[int], every: float = 0.05) -> None:
+        import threading
+
+        self.pids = list(pids)
+        self.every = every
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def add(self, pid: int) -> None:
+        self.pids.append(pid)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss_mb(self.pids))
+            self._stop.wait(self.every)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def median_ratio(ours: list[float], ref: list[float]) -> float:
+    """The median of the per-round ratios ours/ref (rounds interleaved, so paired)."""
+    return statistics.median(o / r for o, r in zip(ours, ref) if r)
+
+
+def round_ratios(ours: list[float], ref: list[float]) -> str:
+    """The per-round ratios, for printing beside their median: ``(rounds 0.91 1.02 1.10)``."""
+    return "(rounds " + " ".join(f"{o / r:.2f}" for o, r in zip(ours, ref) if r) + ")"
+
+
+def delete_cluster_project(cluster_url: str, project: str) -> int:
+    """``delete_redis_project`` on every primary of a Redis Cluster."""
+    from redis.cluster import RedisCluster
+
+    client = RedisCluster.from_url(cluster_url)
+    deleted = 0
+    try:
+        for node in client.get_primaries():
+            conn = client.get_redis_connection(node)
+            keys = list(conn.scan_iter(match=f"{project}:*", count=10_000))
+            for start in range(0, len(keys), 10_000):
+                pipe = conn.pipeline(transaction=False)  # one key per command: any slot
+                for key in keys[start : start + 10_000]:
+                    pipe.unlink(key)
+                deleted += sum(pipe.execute())
+    finally:
+        client.close()
+    return deleted

@@ -1,7 +1,7 @@
 """CLI start-up: CPU and wall time of `featurestore --help` and `featurestore validate` beside the
 bare interpreter (`python -c pass`), rounds interleaved, medians, ratios (issue 19: <= 0.3 s CPU).
 
-    python3 bench/bench_cli.py [--rounds 15]
+    python3 bench/bench_cli.py [--rounds 15] [--quick]
 
 Each command runs in its own process; CPU is the child's user + system time (os.wait4), peak
 memory its maximum resident set. `validate` runs on the example repository (`featurestore init`).
@@ -37,7 +37,10 @@ def _run(cmd: list[str], cwd: Path) -> tuple[float, float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--quick", action="store_true", help="3 rounds")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds = 3
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
         subprocess.run([sys.executable, "-m", "featurestore.cli.main", "init", str(repo)], check=True,

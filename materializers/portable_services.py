@@ -15,7 +15,12 @@ workers, started with three differences that matter on a shared machine:
   and the pool starts processes that run whatever a caller sends;
 * the job server asks the pool for ``--workers`` SDK worker processes per job: Beam's Python
   job server always asks for one (``FnApiRunner.run_via_runner_api`` ignores
-  ``--direct_num_workers``), so no two workers ever shared a job's stores;
+  ``--direct_num_workers``), so no two workers ever shared a job's stores. A job with an
+  unbounded PCollection (the stream job) gets one worker all the same: with several, Beam's
+  ``ParallelBundleManager`` drops the residual a splittable DoFn leaves with
+  ``defer_remainder()``, so an unbounded read ends after its first bundle and the job reports
+  DONE (``unbounded`` has the reproduction); and it would send a restriction's successive
+  bundles to either worker, while the stream job keeps its offline windows in the DoFn;
 * the pool starts SDK workers with this interpreter and this checkout first on ``PYTHONPATH``:
   Beam's pool runs whatever ``python`` comes first on ``PATH``, so workers could run other code
   than the submitter. ``check`` proves they do not.
@@ -38,7 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["CODE_ROOT", "check", "code_root", "main"]
+__all__ = ["CODE_ROOT", "check", "code_root", "main", "unbounded"]
 
 _LOG = logging.getLogger(__name__)
 #: The directory holding this checkout's packages (featurestore, materializers, registry...).
@@ -74,7 +79,8 @@ def job_server(port: int, port_file: str | None, workers: int) -> None:
                     "this Beam's FnApiRunner has no _num_workers; update "
                     "materializers/portable_services.py"
                 )
-            runner._num_workers = workers  # what FnApiRunner.run_pipeline sets for direct runs
+            # What FnApiRunner.run_pipeline sets for direct runs.
+            runner._num_workers = 1 if unbounded(self._pipeline_proto) else workers
             return runner.run_via_runner_api(self._pipeline_proto, self.pipeline_options())
 
     servicer = local_job_service.LocalJobServicer(beam_job_type=Job)
@@ -82,6 +88,26 @@ def job_server(port: int, port_file: str | None, workers: int) -> None:
     atexit.register(servicer.stop)
     _write_port(bound, port_file)
     _serve_forever()
+
+
+def unbounded(pipeline_proto: object) -> bool:
+    """Whether a pipeline has an unbounded PCollection (a streaming read).
+
+    Such a job runs on one SDK worker: Beam 2.77's ``ParallelBundleManager`` (the FnApiRunner
+    with more than one worker) merges the workers' bundle responses keeping only their metrics
+    and errors, so the ``residual_roots`` of a DoFn's ``defer_remainder()`` are lost and the
+    unbounded read is never called again. Reproduction, no services needed::
+
+        runner = FnApiRunner(); options = ["--direct_num_workers=2",
+                                           "--direct_running_mode=multi_threading"]
+        Impulse() | ParDo(an unbounded DoFn that yields its position, then defer_remainder())
+        # 1 worker: positions 0, 1, 2, 3, 4; 2 workers: position 0 only, state DONE
+    """
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    unbounded_ = beam_runner_api_pb2.IsBounded.UNBOUNDED
+    pcollections = pipeline_proto.components.pcollections  # type: ignore[attr-defined]
+    return any(p.is_bounded == unbounded_ for p in pcollections.values())
 
 
 def worker_pool(port: int, port_file: str | None) -> None:
@@ -111,8 +137,29 @@ def worker_pool(port: int, port_file: str | None) -> None:
         server.stop(0)
 
     atexit.register(stop)
+    _reap_exited_workers()
     _write_port(bound, port_file)
     _serve_forever()
+
+
+def _reap_exited_workers(every: float = 5.0) -> None:
+    """Wait for SDK workers that exited: Beam's pool waits for a worker only on a StopWorker
+    request, which the job server's FnApiRunner does not send (seen: 22 workers started, none
+    stopped, 16 left as zombies), so each job would leave its workers as zombies, and the
+    stream job submits a job per generation. A worker Beam still waits for is safe: Popen.wait
+    then finds it gone and takes it as exited."""
+    import threading
+
+    def loop() -> None:
+        while True:
+            time.sleep(every)
+            try:
+                while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                    pass
+            except ChildProcessError:  # no children left
+                pass
+
+    threading.Thread(target=loop, name="reap-sdk-workers", daemon=True).start()
 
 
 def _same_code_for_workers() -> None:

@@ -6,9 +6,11 @@ never one Python object per event).
 position per micro-batch: each call reads for about ``bundle_seconds`` (a read waits up to
 ``block_ms`` when the stream is idle, so an idle stream still yields empty micro-batches that
 let later steps close windows on time), then defers the rest of its restriction; the runner
-calls it again at once. On ``STOP`` (the job's signal handler) or at the generation's deadline
-it yields one ``final`` micro-batch and claims the rest of the range, which ends the pipeline
-run. Every ``claim_idle_seconds / 2`` it first takes over entries other consumers left.
+calls it again at once. On ``STOP`` (the job's signal handler, in this process) or at the
+generation's deadline (epoch seconds, checked on the worker's clock: the one way to end the read
+whatever the runner) it yields one ``final`` micro-batch and claims the rest of the range, which
+ends the pipeline run. Every ``claim_idle_seconds / 2`` it first takes over entries other
+consumers left.
 
     >>> batches = pipeline | ReadStream(run, deadline=time.time() + 600)  # doctest: +SKIP
 """
@@ -31,8 +33,13 @@ from apache_beam.transforms.core import RestrictionProvider
 from featurestore.streams.base import StreamRead, StreamReader, open_stream_reader
 from materializers.stream_plan import StreamRun
 
-#: Set (by the job's signal handler) to end every ReadStream after the batch in hand.
+#: Set (by the job's signal handler) to end every ReadStream after the batch in hand. It is
+#: this process's: a runner whose workers are other processes ends the read at the deadline.
 STOP = threading.Event()
+#: Beam metrics of the read, per view: ``{view}:entries`` read and ``{view}:ends``, 1 when the
+#: read ended at the deadline or on STOP (read by ``stream.run_stream`` after the run's end: a
+#: run that is DONE with no end was cut short by the runner).
+METRICS_NAMESPACE = "featurestore.stream"
 #: Test-only: ``point:n`` hard-exits the process the n-th time it reaches ``point``
 #: (after_online, after_flush, after_commit). Never set it elsewhere.
 CRASH_ENV = "FEATURESTORE_TEST_STREAM_CRASH"
@@ -113,15 +120,38 @@ class _Endless(RestrictionProvider):
         yield restriction  # one reader per view: the consumer group spreads work across jobs
 
 
+#: When each read (view, consumer, deadline) of this process first ran: where workers start
+#: late, a read with ``reads_for`` ends that long after it, not at the bare deadline.
+_FIRST_CALL: dict[tuple[str, str, float], float] = {}
+
+
 class _ReadStreamFn(beam.DoFn):
-    def __init__(self, run: StreamRun, deadline: float, block_ms: int) -> None:
+    def __init__(
+        self, run: StreamRun, deadline: float, block_ms: int, reads_for: float | None = None
+    ) -> None:
         self.run = run
         self.deadline = deadline
         self.block_ms = block_ms
+        self.reads_for = reads_for
+
+    def _ends_at(self) -> float:
+        if self.reads_for is None:
+            return self.deadline
+        key = (self.run.view, self.run.options.consumer, self.deadline)
+        if key not in _FIRST_CALL:
+            now = time.time()
+            for old in [k for k in _FIRST_CALL if k[2] < now - 86_400]:  # a worker reused for days
+                del _FIRST_CALL[old]
+            _FIRST_CALL[key] = now
+        return max(self.deadline, _FIRST_CALL[key] + self.reads_for)
 
     def setup(self) -> None:
+        from apache_beam.metrics import Metrics
+
         self.reader = open_reader(self.run)
         self.next_claim = 0.0
+        self.entries = Metrics.counter(METRICS_NAMESPACE, f"{self.run.view}:entries")
+        self.ends = Metrics.counter(METRICS_NAMESPACE, f"{self.run.view}:ends")
 
     def teardown(self) -> None:
         reader = getattr(self, "reader", None)
@@ -148,9 +178,11 @@ class _ReadStreamFn(beam.DoFn):
     ) -> Iterator[MicroBatch]:
         position = tracker.current_restriction().start
         until = time.monotonic() + self.run.options.bundle_seconds
+        ends_at = self._ends_at()
         while True:
-            if STOP.is_set() or time.time() >= self.deadline:
+            if STOP.is_set() or time.time() >= ends_at:
                 if tracker.try_claim(position):
+                    self.ends.inc()
                     yield MicroBatch(self.run.view, None, time.time(), final=True)
                     # Claim the rest of the range: this restriction is done.
                     tracker.try_claim(tracker.current_restriction().stop - 1)
@@ -159,6 +191,7 @@ class _ReadStreamFn(beam.DoFn):
                 return
             position += 1
             got = self._read()
+            self.entries.inc(len(got))
             yield MicroBatch(self.run.view, got, time.time())
             if time.monotonic() >= until:
                 break
@@ -167,17 +200,27 @@ class _ReadStreamFn(beam.DoFn):
 
 class ReadStream(beam.PTransform):
     """Micro-batches of one view's stream until ``STOP`` is set or ``deadline`` (epoch seconds)
-    passes; the last element has ``final=True``."""
+    passes; the last element has ``final=True``. With ``reads_for`` (seconds), the read ends
+    at the deadline or that long after its first call, whichever is later: a remote runner's
+    workers may start after the deadline of a short run."""
 
-    def __init__(self, run: StreamRun, deadline: float, block_ms: int | None = None) -> None:
+    def __init__(
+        self,
+        run: StreamRun,
+        deadline: float,
+        block_ms: int | None = None,
+        reads_for: float | None = None,
+    ) -> None:
         super().__init__()
         self.run = run
         self.deadline = deadline
         self.block_ms = run.options.block_ms if block_ms is None else block_ms
+        self.reads_for = reads_for
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         return (
             pbegin
             | "Impulse" >> beam.Impulse()
-            | "Read" >> beam.ParDo(_ReadStreamFn(self.run, self.deadline, self.block_ms))
+            | "Read"
+            >> beam.ParDo(_ReadStreamFn(self.run, self.deadline, self.block_ms, self.reads_for))
         )

@@ -2,11 +2,15 @@
 
     featurestore stream                             every view with a stream_source
     featurestore stream user_clicks --consumer job-1
-    featurestore stream -- --runner FlinkRunner --flink_master localhost:8081
+    featurestore stream -- --runner PortableRunner --job_endpoint localhost:8099 \
+        --environment_type EXTERNAL --environment_config 127.0.0.1:50000
 
-Ctrl-C or SIGTERM stops it after the micro-batch in hand (a second one at once). Everything
-after ``--`` goes to Beam's PipelineOptions unchanged, as for ``materialize``; so do options this
-command does not know when they come after the view names. Beam is imported only in ``run``.
+Ctrl-C or SIGTERM stops it after the micro-batch in hand (a second one at once); on a runner
+whose workers are other processes, when the pipeline run in hand ends (docs/streaming.md,
+"Other runners"). Everything after ``--`` goes to Beam's PipelineOptions unchanged, as for
+``materialize``; so do options this command does not know when they come after the view names.
+Beam is imported only in ``run``; ``materializers.stream.check_stream_options`` refuses what
+cannot run the job.
 """
 
 from __future__ import annotations

@@ -243,6 +243,16 @@ class FeatureStore:
         self.model_versions.activate(model, version)
         self.watcher.refresh()  # this process serves it at once; others within a second
 
+    def evaluate(self, models: Any = None, metrics: Any = None, slices: Any = None, window: Any = None,
+                 *, every: str | None = None) -> Any:
+        """Model quality from the evaluation store (docs/evaluation.md): a pyarrow Table.
+
+        >>> store.evaluate(models=["taste"], slices=["all", "users"], window="7d").to_pandas()  # doctest: +SKIP
+        """
+        from featurestore.evaluation import evaluate
+
+        return evaluate(self.context, models=models, metrics=metrics, slices=slices, window=window, every=every)
+
     def rollback_model(self, model: str) -> int:
         """Activate the version before the active one; returns it."""
         from registry.errors import NotFoundError

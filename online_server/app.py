@@ -28,11 +28,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from featurestore.config import CONFIG_FILE, load_config
 from featurestore.store import FeatureStore
-from online_server import feedback, models_admin, predict, push
+from online_server import eval_http, feedback, models_admin, predict, push
 from online_server import metrics as m
 from online_server.api_docs import mount_api_docs
 from online_server.auth import AuthMiddleware, TokenAuth
 from online_server.body_guard import BodyGuard
+from online_server.console import router as console_router
 from online_server.tracing import setup_tracing
 from online_server.http import (
     ERRORS,
@@ -308,6 +309,8 @@ def create_app(store: FeatureStore, *, owns_store: bool = False) -> FastAPI:
     app.include_router(feedback.router(store, registry, cleanups.append, starters.append))
     app.include_router(push.router(store, registry))
     app.include_router(models_admin.router(store, registry))
+    app.include_router(eval_http.router(store))
+    app.include_router(console_router(store))
     cleanups.append(auth.close)  # before the store: its thread reads through the store's engine
     if store.config.server.tracing.enabled:
         cleanups.append(setup_tracing(app, store, store.config.server.tracing))  # flushes spans

@@ -47,6 +47,7 @@ ROLE_BY_PATH: tuple[tuple[str, str], ...] = (
     ("/feedback", "write"),
     ("/push", "write"),
     ("/models", "admin"),
+    ("/eval", "admin"),
 )
 
 CREATE_HINT = "create a new one with `featurestore token create` and add it to server.tokens"

@@ -29,6 +29,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "token": ("featurestore.cli.token_cmd", "bearer tokens of the server: create (prints it once), list, revoke"),
     "jobs": ("featurestore.cli.jobs_cmd", "run feature jobs (learned item factors) and materialize their views"),
     "train": ("featurestore.cli.models_cmd", "train a per-user linear model as a new version"),
+    "eval": ("featurestore.cli.eval_cmd", "query the evaluation store: model quality per version, slice and window; drift"),
+    "ui": ("featurestore.cli.ui_cmd", "serve the web console: registry, lineage, freshness, model quality"),
     "online": ("featurestore.cli.online_cmd", "online store operations: move-to-cluster (copy a single Redis into a Redis Cluster)"),
     "models": ("featurestore.cli.models_cmd", "model versions and feedback: list, show, activate, rollback, status, replay, retrain, export-feedback"),
 }

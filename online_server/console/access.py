@@ -1,0 +1,58 @@
+"""Who may read the evaluation store and the console: the ``admin`` role, as for the model
+administration endpoints.
+
+The server's ``AuthMiddleware`` checks roles by path prefix (``online_server.auth.ROLE_BY_PATH``)
+from the ``Authorization`` header. A browser cannot send that header on a link, so the console
+also accepts the same token from an ``HttpOnly``, ``SameSite=Strict`` cookie, set by
+``POST /ui/login`` (a JSON body, which the body guard requires) and checked here against the
+same ``TokenAuth``: expiry and revocations apply to the cookie as to the header. With no tokens
+configured nothing is checked (the server then listens on loopback only).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+
+from registry.errors import FeatureStoreError
+
+ROLE = "admin"
+COOKIE = "featurestore_console"
+
+
+class AccessDenied(FeatureStoreError):
+    """No token, a refused token (401), or a token without the admin role (403)."""
+
+    def __init__(self, status: int, message: str, hint: str) -> None:
+        super().__init__(message, hint=hint)
+        self.http_status = status
+
+
+def auth_of(request: Request) -> Any:
+    """The app's ``TokenAuth`` (``create_app`` and ``featurestore ui`` set ``app.state.auth``)."""
+    return getattr(request.app.state, "auth", None)
+
+
+def token_of(request: Request, *, cookie: bool) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    if cookie:
+        return request.cookies.get(COOKIE) or None
+    return None
+
+
+def check(request: Request, *, cookie: bool) -> None:
+    """Raise ``AccessDenied`` unless the request carries a valid token with the admin role."""
+    auth = auth_of(request)
+    if auth is None or not auth.enabled:
+        return
+    token = token_of(request, cookie=cookie)
+    if token is None:
+        raise AccessDenied(401, "missing bearer token", "send `Authorization: Bearer <token>` (a token with the admin role)")
+    verdict = auth.check(token)
+    if not isinstance(verdict, frozenset):
+        raise AccessDenied(401, verdict.message, verdict.hint)
+    if ROLE not in verdict:
+        raise AccessDenied(403, f"this token lacks the `{ROLE}` role", f"use a token with the `{ROLE}` role")

@@ -85,13 +85,10 @@ def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
     _need_chromium()
     import uvicorn
 
-    from online_server import create_app, eval_http
-    from online_server.console import router
+    from online_server import create_app
 
     store = _repository(tmp_path_factory.mktemp("console") / "repo")
-    app = create_app(store)
-    app.include_router(eval_http.router(store))
-    app.include_router(router(store))
+    app = create_app(store)  # with /ui and /eval mounted, as every server
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

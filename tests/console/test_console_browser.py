@@ -149,3 +149,17 @@ def test_signing_in_needs_an_admin_token(browser, console_url: str) -> None:
     finally:
         v.context.close()
 
+
+
+def test_the_api_docs_render_from_the_servers_own_files(browser, console_url: str) -> None:  # noqa: ANN001
+    """/docs (Swagger UI) draws every endpoint with no request leaving the server: it was blank
+    on machines without internet access when FastAPI loaded it from a CDN."""
+    v = Visit(browser, console_url)
+    try:
+        v.page.goto(console_url + "/docs")
+        v.page.wait_for_selector(".opblock", timeout=15_000)
+        paths = v.page.locator(".opblock-summary-path").all_inner_texts()
+        assert {"/features", "/predict", "/feedback", "/eval"} <= {p.strip() for p in paths}, paths
+        assert v.foreign_requests() == [] and v.problems == []
+    finally:
+        v.context.close()

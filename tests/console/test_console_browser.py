@@ -151,7 +151,7 @@ def test_signing_in_needs_an_admin_token(browser, console_url: str) -> None:
 
 
 
-def test_the_api_docs_render_from_the_servers_own_files(browser, console_url: str) -> None:  # noqa: ANN001
+def test_the_api_docs_render_from_the_servers_own_files(browser, console_url: str) -> None:
     """/docs (Swagger UI) draws every endpoint with no request leaving the server: it was blank
     on machines without internet access when FastAPI loaded it from a CDN."""
     v = Visit(browser, console_url)

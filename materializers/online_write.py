@@ -138,8 +138,7 @@ class LatestPerKey(beam.CombineFn):
         return []
 
     def add_input(self, acc: list[pa.Table], table: pa.Table) -> list[pa.Table]:
-        acc.append(table)
-        return self._maybe_compact(acc)
+        return self._maybe_compact([*acc, table])
 
     def merge_accumulators(self, accumulators: Any) -> list[pa.Table]:
         merged = [t for acc in accumulators for t in acc]

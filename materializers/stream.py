@@ -135,7 +135,6 @@ def check_stream_options(pipeline_args: Sequence[str]) -> None:
     from materializers.batch import _IN_PROCESS_NAMES
     from materializers.lifecycle import Runner
 
-    Runner.check_options(pipeline_args)
     options = PipelineOptions(list(pipeline_args))
     workers = options.view_as(DirectOptions).direct_num_workers
     if options.view_as(StandardOptions).runner in _IN_PROCESS_NAMES and workers != 1:
@@ -149,6 +148,7 @@ def check_stream_options(pipeline_args: Sequence[str]) -> None:
             "spreads a stream over several jobs), or use --runner PortableRunner with a job "
             "server (docs/streaming.md, Other runners)",
         )
+    Runner.check_options(pipeline_args)  # after: the stream job's own reason is the more exact
 
 
 def _read_counts(result: Any) -> dict[str, dict[str, int]] | None:

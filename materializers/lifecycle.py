@@ -76,7 +76,11 @@ class Runner:
     def check_options(cls, pipeline_args: Sequence[str]) -> None:
         """Before the pipeline is built: a runner (or a mode of one) known to lose data is a
         ``UserError``."""
-        from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+        from apache_beam.options.pipeline_options import (
+            DirectOptions,
+            PipelineOptions,
+            StandardOptions,
+        )
 
         options = PipelineOptions(list(pipeline_args))
         given = options.view_as(StandardOptions).runner

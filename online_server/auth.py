@@ -163,13 +163,27 @@ class TokenAuth:
 
     def check(self, token: str) -> frozenset[str] | Denial:
         """The roles of ``token``, or why it is refused."""
+        digest = hashlib.sha256(token.encode()).digest()
+        return self._verdict(lambda grant: hmac.compare_digest(grant.digest, digest))
+
+    @staticmethod
+    def session_of(token: str) -> str:
+        """A browser session credential for ``token`` (the console's cookie): derived from the
+        token's digest, so it names the same grant (roles, expiry, revocation) but is not the
+        token, and no bearer header accepts it."""
+        return _session(hashlib.sha256(token.encode()).digest())
+
+    def check_session(self, session: str) -> frozenset[str] | Denial:
+        """The roles behind a ``session_of`` credential, or why it is refused."""
+        return self._verdict(lambda grant: hmac.compare_digest(_session(grant.digest), session))
+
+    def _verdict(self, matches: Callable[[_Grant], bool]) -> frozenset[str] | Denial:
         self._ensure_started()
         state = self._state
-        digest = hashlib.sha256(token.encode()).digest()
         found: _Grant | None = None
         for grant in state.grants:
             # No early exit: every configured digest is compared, in constant time each.
-            if hmac.compare_digest(grant.digest, digest):
+            if matches(grant):
                 found = grant
         if found is None:
             if not state.grants:
@@ -201,6 +215,10 @@ class TokenAuth:
             grants = old.grants if grants is None else grants
             revoked = old.revoked if revoked is None else revoked
             self._state = _State(grants, revoked, enforcing=old.enforcing or bool(grants))
+
+
+def _session(digest: bytes) -> str:
+    return "s1." + hmac.new(digest, b"featurestore console session", hashlib.sha256).hexdigest()
 
 
 _WATCHES: weakref.WeakSet[_Watch] = weakref.WeakSet()

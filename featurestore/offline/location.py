@@ -252,11 +252,11 @@ def _open(scheme: str, options: ObjectStoreOptions) -> pafs.FileSystem:
 
 def resolve(value: str, root: Path, options: ObjectStoreOptions) -> OfflinePath:
     """``offline_store.path`` as a local ``Path`` (relative to ``root``) or an ``ObjectPath``."""
+    check_uri(value)
     scheme, sep, rest = str(value).partition("://")
     if not sep:
         p = Path(value).expanduser()
         return p if p.is_absolute() else root / p
-    check_uri(value)
     return ObjectPath(scheme.lower(), rest.strip("/"), options)
 
 
@@ -264,7 +264,12 @@ def check_uri(value: str) -> None:
     """A ValueError saying what is accepted, for a URI this store cannot open."""
     scheme, sep, rest = str(value).partition("://")
     if not sep:
+        head = str(value).split(":", 1)[0].lower()
+        if ":" in str(value) and head in SCHEMES:  # s3:/bucket/x, a typo, not a local path
+            raise ValueError(f"{value!r} looks like an object store missing a slash; use {head}://bucket/prefix")
         return
+    if rest.startswith("/"):
+        raise ValueError(f"{value!r} names no bucket (an empty first segment); use {scheme}://bucket/prefix")
     if scheme.lower() not in SCHEMES:
         raise ValueError(
             f"unsupported scheme {scheme + '://'!r} in {value!r}; use a local path, "

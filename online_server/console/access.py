@@ -34,24 +34,25 @@ def auth_of(request: Request) -> Any:
     return getattr(request.app.state, "auth", None)
 
 
-def token_of(request: Request, *, cookie: bool) -> str | None:
+def token_of(request: Request) -> str | None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    if cookie:
-        return request.cookies.get(COOKIE) or None
     return None
 
 
 def check(request: Request, *, cookie: bool) -> None:
-    """Raise ``AccessDenied`` unless the request carries a valid token with the admin role."""
+    """Raise ``AccessDenied`` unless the request carries a valid token with the admin role: a
+    bearer header, or (``cookie``) the session cookie ``POST /login`` set, which holds a
+    credential derived from the token (``TokenAuth.session_of``), never the token itself."""
     auth = auth_of(request)
     if auth is None or not auth.enabled:
         return
-    token = token_of(request, cookie=cookie)
-    if token is None:
+    token = token_of(request)
+    session = request.cookies.get(COOKIE) if cookie and token is None else None
+    if token is None and not session:
         raise AccessDenied(401, "missing bearer token", "send `Authorization: Bearer <token>` (a token with the admin role)")
-    verdict = auth.check(token)
+    verdict = auth.check(token) if token is not None else auth.check_session(session or "")
     if not isinstance(verdict, frozenset):
         raise AccessDenied(401, verdict.message, verdict.hint)
     if ROLE not in verdict:

@@ -13,7 +13,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -60,12 +62,25 @@ def router(store: Any, *, prefix: str = "/ui") -> APIRouter:
     """The console's routes for ``store`` (a ``FeatureStore``), under ``prefix``."""
     routes = APIRouter(prefix=prefix, include_in_schema=False)
 
+    def signed_in(request: Request) -> None:
+        # Before the page does any work: an anonymous request learns nothing, not even which
+        # names exist (it is sent to the sign-in page, or refused).
+        try:
+            access.check(request, cookie=True)
+        except access.AccessDenied as denied:
+            if denied.http_status != 401:
+                raise
+            here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            raise HTTPException(303, "sign in first", headers={"Location": f"{prefix}/login?next={quote(here, safe='')}"}) from None
+
+    pages = APIRouter(prefix=prefix, include_in_schema=False, dependencies=[Depends(signed_in)])
+
     def page(request: Request, template: str, **context: Any) -> Response:
         try:
             access.check(request, cookie=True)
         except access.AccessDenied as denied:
             if denied.http_status == 401:
-                return RedirectResponse(f"{prefix}/login?next={request.url.path}", status_code=303)
+                return RedirectResponse(f"{prefix}/login?next={quote(request.url.path, safe='')}", status_code=303)
             raise
         response = templates.TemplateResponse(
             request, template, {"root": prefix, "project": store.project, "active": template.split(".")[0], **context}
@@ -80,8 +95,8 @@ def router(store: Any, *, prefix: str = "/ui") -> APIRouter:
     def head() -> int:
         return int(store.registry.head_version())
 
-    @routes.get("")
-    @routes.get("/")
+    @pages.get("")
+    @pages.get("/")
     def overview(request: Request) -> Response:
         defs = store.definitions()
         active = store.model_versions.active_versions()
@@ -91,7 +106,7 @@ def router(store: Any, *, prefix: str = "/ui") -> APIRouter:
         return page(request, "overview.html", counts=counts, head=head(), models=sorted(defs.models),
                     active_versions=active, last=(versions() or [None])[0])
 
-    @routes.get("/registry")
+    @pages.get("/registry")
     def registry_page(request: Request, version: int | None = None) -> Response:
         latest = head()
         version = latest if version is None else version
@@ -101,7 +116,7 @@ def router(store: Any, *, prefix: str = "/ui") -> APIRouter:
         return page(request, "registry.html", version=version, head=latest, grouped=grouped,
                     titles=registry_view.KIND_TITLES, versions=versions())
 
-    @routes.get("/registry/{kind}/{name}")
+    @pages.get("/registry/{kind}/{name}")
     def object_page(request: Request, kind: str, name: str, version: int | None = None) -> Response:
         if kind not in registry_view.KIND_TITLES:
             raise NotFoundError(f"no kind {kind!r}", hint="one of " + ", ".join(registry_view.KIND_TITLES))
@@ -118,7 +133,7 @@ def router(store: Any, *, prefix: str = "/ui") -> APIRouter:
                     fields=registry_view.flatten(registry_view.spec_dict(spec)), history=history,
                     model_versions=model_versions, active_version=store.model_versions.active_versions().get(name))
 
-    @routes.get("/diff")
+    @pages.get("/diff")
     def diff_page(request: Request, a: int | None = None, b: int | None = None) -> Response:
         latest = head()
         b = latest if b is None else b
@@ -131,7 +146,7 @@ def router(store: Any, *, prefix: str = "/ui") -> APIRouter:
         between = [infos[v] for v in range(min(a, b) + 1, max(a, b) + 1) if v in infos]
         return page(request, "diff.html", a=a, b=b, changes=changes, between=between, versions=versions())
 
-    @routes.get("/lineage")
+    @pages.get("/lineage")
     def lineage_page(request: Request) -> Response:
         defs = store.definitions()
         g = lineage.graph(defs)
@@ -149,7 +164,7 @@ def router(store: Any, *, prefix: str = "/ui") -> APIRouter:
         return page(request, "lineage.html", svg=picture, plan_lines=plan_lines, plan_error=plan_error,
                     affected=sorted(affected - changed))
 
-    @routes.get("/freshness")
+    @pages.get("/freshness")
     def freshness_page(request: Request) -> Response:
         defs = store.definitions()
         ages = store.feature_freshness()
@@ -167,14 +182,14 @@ def router(store: Any, *, prefix: str = "/ui") -> APIRouter:
             })
         return page(request, "freshness.html", rows=rows)
 
-    @routes.get("/models")
+    @pages.get("/models")
     def models_page(request: Request) -> Response:
         defs = store.definitions()
         active = store.model_versions.active_versions()
         models = [(name, store.model_versions.list(name), active.get(name)) for name in sorted(defs.models)]
         return page(request, "models.html", models=models)
 
-    @routes.get("/models/{model}")
+    @pages.get("/models/{model}")
     def model_page(request: Request, model: str, window: str = "30d", every: str = "1d", slice: str = "all",
                    a: int | None = None, b: int | None = None) -> Response:
         from featurestore.evaluation import (
@@ -238,9 +253,16 @@ def router(store: Any, *, prefix: str = "/ui") -> APIRouter:
             if access.ROLE not in verdict:
                 return JSONResponse({"error": {"type": "AuthError", "message": "this token lacks the `admin` role",
                                                "hint": "use a token with the `admin` role", "retryable": False}}, 403)
+        from online_server.auth import TokenAuth
+        from featurestore.cli.serve_cmd import is_loopback
+
         response = JSONResponse({"ok": True})
-        response.set_cookie(access.COOKIE, token.strip(), httponly=True, samesite="strict", path=prefix,
-                            secure=request.url.scheme == "https")
+        # Secure except on this machine's own address (where browsers keep it over http too):
+        # behind a TLS proxy the request arrives as http, and the cookie must still never
+        # travel in clear.
+        host = request.url.hostname or ""
+        response.set_cookie(access.COOKIE, TokenAuth.session_of(token.strip()), httponly=True, samesite="strict",
+                            path=prefix, secure=request.url.scheme == "https" or not is_loopback(host))
         return response
 
     @routes.post("/logout")
@@ -258,7 +280,12 @@ def router(store: Any, *, prefix: str = "/ui") -> APIRouter:
         return FileResponse(path, media_type=media, headers={"Cache-Control": "public, max-age=3600",
                                                              "X-Content-Type-Options": "nosniff"})
 
-    return routes
+    # Both under ``prefix``: combined at the top (the pages' router has the prefix itself,
+    # since FastAPI refuses a route "" under no prefix).
+    top = APIRouter(include_in_schema=False)
+    top.include_router(routes)
+    top.include_router(pages)
+    return top
 
 
 def _safe_next(target: str | None, prefix: str) -> str:
@@ -308,6 +335,11 @@ def standalone_app(store: Any, *, prefix: str = "/ui") -> FastAPI:
         return RedirectResponse(prefix + "/", status_code=307)
 
     app.include_router(router(store, prefix=prefix))
+    # As on the server: a sign-in must be a JSON body (a cross-site form cannot send one) of a
+    # bounded size.
+    from online_server.body_guard import BodyGuard
+
+    app.add_middleware(BodyGuard, max_body_bytes=store.config.server.max_body_bytes)
     app.router.on_shutdown.append(app.state.auth.close)
     return app
 

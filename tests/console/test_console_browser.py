@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.console.conftest import READER, Visit
+from tests.console.conftest import ADMIN, READER, Visit
 
 PAGES = {
     "/ui/": "Project ui",
@@ -133,7 +133,7 @@ def test_signing_in_needs_an_admin_token(browser, console_url: str) -> None:
     v = Visit(browser, console_url)
     try:
         v.page.goto(console_url + "/ui/models")
-        v.page.wait_for_url(re.compile(r".*/ui/login\?next=/ui/models$"))
+        v.page.wait_for_url(re.compile(r".*/ui/login\?next=%2Fui%2Fmodels$"))
         v.page.fill("#token", READER)
         v.page.click("#login-form button")
         v.page.locator("#login-error").wait_for()
@@ -146,6 +146,8 @@ def test_signing_in_needs_an_admin_token(browser, console_url: str) -> None:
         v.page.wait_for_url(console_url + "/ui/models")
         cookie = v.context.cookies()[0]
         assert (cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (True, "Strict", "/ui")
+        # A session credential derived from the token, not the token: no API accepts it.
+        assert cookie["value"].startswith("s1.") and ADMIN not in cookie["value"]
     finally:
         v.context.close()
 
@@ -163,3 +165,27 @@ def test_the_api_docs_render_from_the_servers_own_files(browser, console_url: st
         assert v.foreign_requests() == [] and v.problems == []
     finally:
         v.context.close()
+
+
+@pytest.mark.parametrize("path", ["/ui/models/no_such_model", "/ui/registry?version=999", "/ui/lineage",
+                                  "/ui/models/taste?window=bogus"])
+def test_an_anonymous_request_learns_nothing(console_url: str, path: str) -> None:
+    """Sent to sign in before the page does any work: not a 404 naming what exists, not a 400."""
+    import httpx
+
+    response = httpx.get(console_url + path, follow_redirects=False)
+    assert response.status_code == 303, response.text
+    assert response.headers["location"].startswith("/ui/login?next=%2Fui%2F")
+    assert "no_such_model" not in response.text and "versions are" not in response.text
+
+
+def test_the_session_cookie_is_no_bearer_token(console_url: str) -> None:
+    import httpx
+
+    login = httpx.post(console_url + "/ui/login", json={"token": ADMIN})
+    session = login.cookies.get("featurestore_console")
+    assert session and session.startswith("s1.")
+    assert httpx.get(console_url + "/ui/models", cookies={"featurestore_console": session}).status_code == 200
+    # The same value as a bearer token on the API: refused.
+    assert httpx.get(console_url + "/eval", params={"model": "taste"},
+                     headers={"Authorization": f"Bearer {session}"}).status_code == 401

@@ -43,6 +43,13 @@ def test_a_bad_scheme_is_one_line_naming_the_setting(tmp_path: Path) -> None:
 def test_a_uri_without_bucket_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="names no bucket"):
         load_config(_repo(tmp_path, "s3://"))
+    with pytest.raises(ConfigError, match="names no bucket"):
+        load_config(_repo(tmp_path, "s3:///x"))
+
+
+def test_a_uri_missing_a_slash_is_not_taken_for_a_local_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="missing a slash"):
+        load_config(_repo(tmp_path, "s3:/bucket/prefix"))
 
 
 def test_settings_and_where_artifacts_go(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
@@ -253,8 +252,8 @@ def router(store: Any, *, prefix: str = "/ui") -> APIRouter:
             if access.ROLE not in verdict:
                 return JSONResponse({"error": {"type": "AuthError", "message": "this token lacks the `admin` role",
                                                "hint": "use a token with the `admin` role", "retryable": False}}, 403)
-        from online_server.auth import TokenAuth
         from featurestore.cli.serve_cmd import is_loopback
+        from online_server.auth import TokenAuth
 
         response = JSONResponse({"ok": True})
         # Secure except on this machine's own address (where browsers keep it over http too):

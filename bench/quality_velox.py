@@ -17,6 +17,11 @@ through the real code in a temporary example repository:
    part, the view is re-materialized and a new version trains on the original labels plus the
    logged feedback: the full retrain's held-out RMSE.
 
+`bench/bench_learning.py` runs this protocol (and a sparse one) with the defaults `featurestore
+init` writes only, labels at their real timestamps and no manual step before the retrain, beside
+a plain-numpy reference; this script keeps the older setup (the streamed ratings copied into the
+source, which the retrain's feedback then matches and counts once).
+
 Predictions come from the serving path (``Predictor.predict``), clipped to the rating scale
 [1, 5] for all three. Goal: the online model recovers at least 70% of the full retrain's
 improvement over the static one; the run takes well under three minutes.

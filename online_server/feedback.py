@@ -260,7 +260,7 @@ _FAMILIES = (
         "Pending log rows (cut off by a crash or outage) that this process's catch-up applied.",
         "counter", (), "d",
     ),
-    Family("featurestore_feedback_loss", _LOSS_HELP, "gauge", _LOSS_LABELS, ".10g"),
+    Family("featurestore_feedback_loss", _LOSS_HELP, "gauge", _LOSS_LABELS, ".10g", per_process=True),
     Family("featurestore_feedback_loss_sum", "Sum of those losses.", "counter", _LOSS_LABELS, ".10g"),
     Family("featurestore_feedback_loss_count", "Number of those losses.", "counter", _LOSS_LABELS, ".10g"),
 )

@@ -43,7 +43,10 @@ class PredictRequest(_Body):
 class ItemScore(_Body):
     item: dict[str, JoinKeyValue]
     score: float | None = Field(description="w·x; null when the item could not be scored (see status).")
-    status: str = Field(description="present, not_found, expired or null (a feature value is null).")
+    status: str = Field(
+        description="present; prior (an item its feature job has not learned yet, scored with the average "
+        "item's features); not_found, expired or null (a feature value is null): not scored."
+    )
     bonus: float | None = Field(None, description="LinUCB exploration bonus, when the model explores.")
     probability: float | None = Field(None, description="σ(score), for logistic models.")
 
@@ -85,6 +88,7 @@ def router(store: FeatureStore, registry: m.Registry, at_shutdown: ShutdownHook)
             "The item feature cache: hit_rate since start, entries held, invalidations.",
             "stat",
             lambda: {k: float(v) for k, v in cache.stats().items() if k in ("hit_rate", "entries", "invalidations")},
+            per_process=True,  # each worker's own cache: one sample per worker (label pid)
         )
     )
     registry.add(
@@ -93,6 +97,7 @@ def router(store: FeatureStore, registry: m.Registry, at_shutdown: ShutdownHook)
             "The prediction log: records pending, written and dropped by this process.",
             "stat",
             lambda: {"pending": float(log.pending), "written": float(log.written), "dropped": float(log.dropped)},
+            per_process=True,
         )
     )
 

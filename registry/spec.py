@@ -239,7 +239,10 @@ class ModelSpec(Described):
     request_features: list[Name] = Field(default_factory=list)
     label: Name
     objective: Literal["squared_error", "logistic"] = "squared_error"
-    l2: float = Field(1.0, gt=0)
+    l2: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        1.0, description="Ridge penalty of every user's weights (and the average user's), or `auto`: "
+        "chosen on a per-user chronological validation slice of the training labels."
+    )
     bias: bool = True
     exploration: Exploration = Field(default_factory=Exploration)
     cold_start: Literal["average_user"] = "average_user"
@@ -272,8 +275,12 @@ class FeatureJobSpec(Described):
     item_column: str
     rating_column: str
     factors: int = Field(16, ge=1, le=1024)
-    l2: float = Field(0.1, gt=0)
+    l2: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        0.1, description="ALS penalty, or `auto`: chosen on a per-user chronological validation "
+        "slice of the interactions."
+    )
     iterations: int = Field(10, ge=1, le=1000)
+    seed: int = Field(0, ge=0, description="Seed of the factors' random start.")
     output: str = Field(description="Parquet path the item factors are written to.")
 
 

@@ -72,6 +72,15 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     )
     retrain.add_argument("--timestamp-column", default="event_timestamp", help="of --labels (default event_timestamp)")
     retrain.add_argument("--no-feature-job", action="store_true", help="keep the current item features")
+    retrain.add_argument(
+        "--activate", choices=("if-no-worse", "always", "never"), default="if-no-worse",
+        help="activate the new version: when its validation loss is no worse than the active version's "
+        "recent feedback loss (default), always, or never (compare, then `models activate`)",
+    )
+    retrain.add_argument(
+        "--tolerance", type=float, default=0.0,
+        help="with if-no-worse: accept a validation loss up to this fraction worse (default 0)",
+    )
     export = sub.add_parser(
         "export-feedback", help="write the feedback log's offline Parquet view",
         description="Write the model's logged feedback to {offline}/{project}/_feedback/MODEL/date=.../seq-....parquet "
@@ -105,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.action == "retrain":
             retrain(store, args.model, labels=args.labels, timestamp_column=args.timestamp_column,
-                    feature_job=not args.no_feature_job)
+                    feature_job=not args.no_feature_job, activate=args.activate, tolerance=args.tolerance)
             return 0
         if args.action == "export-feedback":
             from featurestore.feedback.export import export_feedback
@@ -138,7 +147,8 @@ def _status(store, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-
         print(json.dumps({**s.to_dict(), "retraining": retrains}, indent=2, sort_keys=True))
     else:
         print(
-            f"Model {s.model!r} version {s.version} ({s.loss_name}): training loss {_num(s.training_loss)}; "
+            f"Model {s.model!r} version {s.version} ({s.loss_name}): training loss {_num(s.training_loss)}"
+            + (f", validation loss {_num(s.baseline_loss)}" if s.baseline == "validation" else "") + "; "
             f"stale above {_num(s.threshold)} (stale_margin {s.stale_margin:g}) over the last {s.window:,} "
             f"observations (at least {s.min_observations:,})."
         )
@@ -153,26 +163,30 @@ def _status(store, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-
         else:
             print(f"Status: STALE; run `featurestore models retrain {s.model}`"
                   + (" (or `models status` without --no-retrain)." if s.auto_retrain else "."))
-    if retrains:
-        retrain(store, args.model)
+    if retrains:  # judged stale on min_observations: the new version is compared on as many
+        retrain(store, args.model, min_observations=args.min_observations)
     return 0
 
 
 def retrain(store, model: str, *, labels=None, timestamp_column: str = "event_timestamp",  # type: ignore[no-untyped-def]
-            feature_job: bool = True) -> object:
-    """Export the feedback, re-learn the item features that feed ``model`` (feature job +
-    materialization), then train a new version on the original labels plus the feedback."""
+            feature_job: bool = True, activate: str = "if-no-worse", tolerance: float = 0.0,
+            min_observations: int = 100) -> object:
+    """Close the loop: export the feedback, re-learn the item features that feed ``model`` from
+    their source plus the logged feedback (feature job + materialization), train a new version
+    on the original labels plus the feedback, and activate it when it is no worse
+    (``decide_activation``). A version not activated leaves the previous item features served."""
     from featurestore.feedback.export import (
         EVENT_TS,
-        JOIN_TS,
         export_feedback,
         retrain_labels,
         save_training_labels,
         training_labels,
     )
-    from featurestore.models.training import read_labels
+    from featurestore.models.training import read_labels, train_model
     from registry.errors import UserError
 
+    if activate not in ("if-no-worse", "always", "never"):
+        raise UserError(f"activate must be if-no-worse, always or never, got {activate!r}")
     defs = store.definitions()
     defs.get("model", model)
     active = store.model_versions.active_versions().get(model)
@@ -190,38 +204,115 @@ def retrain(store, model: str, *, labels=None, timestamp_column: str = "event_ti
                 + (f" for its active version {active}" if active is not None else ""),
                 hint=f"pass the original labels: `featurestore models retrain {model} --labels FILE`",
             )
-    features_after = None
+    previous: dict[str, object] = {}
+    features_at = None
     if feature_job:
-        features_after = _rerun_feature_jobs(store, model)
-    table = retrain_labels(store.context, model, original, features_after=features_after)
-    result = store.train(model, table, timestamp_column=JOIN_TS if features_after is not None else EVENT_TS)
+        previous, features_at = _rerun_feature_jobs(store, model)
+    # The item features a feature job learned are joined as of the training (training.py), so
+    # every row, old label or feedback, sees the ones the new version is served with.
+    table = retrain_labels(store.context, model, original)
+    result = train_model(store.context, model, table, timestamp_column=EVENT_TS,
+                         export=store.get_training_dataset, activate=False)
     save_training_labels(store.context, model, result.version, original, EVENT_TS)
+    ok, reason = decide_activation(store, model, active, result.metrics, activate, tolerance, min_observations)
+    if ok:
+        store.activate_model(model, result.version)
+        result = _replace(result, active=True)
     print(result.summary())
+    if ok:
+        print(f"Activated version {result.version}: {reason}.")
+    else:
+        print(f"Kept version {active} active: {reason}; `featurestore models activate {model} {result.version}` "
+              "serves the new one (after re-running the feature job).")
+        if previous:
+            _restore_feature_jobs(store, previous, features_at)
     return result
 
 
+def decide_activation(store, model: str, active, metrics, policy: str, tolerance: float,  # type: ignore[no-untyped-def]
+                      min_observations: int = 100) -> tuple[bool, str]:
+    """(activate?, why). ``if-no-worse``: the new version's validation loss (each user's newest
+    rows, held out) against the active version's loss on its recent feedback (the last 1,000
+    observations, scored before they were learned: also held out), or its own validation loss
+    when fewer than ``min_observations`` were logged; worse by more than ``tolerance`` (a
+    fraction) keeps it."""
+    if policy == "always":
+        return True, "--activate always"
+    if policy == "never":
+        return False, "--activate never"
+    if active is None:
+        return True, "no version was active"
+    new = metrics.get("validation_loss")
+    if new is None:
+        return True, "the new version has no validation loss to compare (no user has two rows)"
+    from featurestore.feedback import model_status
+
+    status = model_status(store.context, model, active, min_observations=min_observations)
+    if status.recent.count >= min_observations and status.recent.personalised is not None:
+        old, what = status.recent.personalised, f"version {active}'s loss on its last {status.recent.count:,} feedback observations"
+    else:
+        old = store.model_versions.get(model, active).metrics.get("validation_loss")
+        what = f"version {active}'s validation loss"
+    if old is None:
+        return True, f"version {active} has no loss to compare with"
+    verdict = new <= old * (1.0 + tolerance)
+    return verdict, f"validation loss {new:.4f} {'<=' if verdict else '>'} {what} {old:.4f}" + (
+        f" x (1 + {tolerance:g})" if tolerance else "")
+
+
+def _replace(result, **changes):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    return replace(result, **changes)
+
+
 def _rerun_feature_jobs(store, model: str):  # type: ignore[no-untyped-def]
-    """Run every feature job feeding one of the model's item views and materialize its views;
-    the newest event time of the features written (None when no job feeds the model)."""
-    from featurestore.models.feature_job import views_fed_by
+    """Run every feature job feeding one of the model's item views on its source plus the
+    model's logged feedback, and materialize its views. Returns (job -> its previous output
+    table, to restore if the new version is not activated; the newest event time written)."""
+    import pyarrow.parquet as pq
+
+    from featurestore.feedback.export import feedback_interactions
+    from featurestore.models.feature_job import run_feature_job, views_fed_by
     from featurestore.models.state_store import ModelLayout
 
     defs = store.definitions()
     layout = ModelLayout.from_spec(defs, defs.get("model", model))
     item_views = {b.view for b in layout.item}
+    extra = feedback_interactions(store.context, model)
+    previous: dict[str, object] = {}
     newest = None
     for name, job in sorted(defs.feature_jobs.items()):
         if not item_views & set(views_fed_by(store.config, defs, job)):
             continue
-        result = store.run_feature_job(name)
+        path = store.config.resolve(job.output)
+        if path.is_file():
+            previous[name] = pq.read_table(path)
+        result = run_feature_job(store.config, store.watcher, name, extra=extra)
         print(result.summary())
-        # The materializer is an outer layer (Beam); only this entry point may call it.
-        from materializers.batch import materialize
-
-        for summary in materialize(store, views=list(result.views), progress=False):
-            print(f"  {summary.view}: materialized {summary.rows_online:,} rows online, {summary.rows_offline:,} offline")
+        _materialize(store, result.views)
         newest = result.event_ts if newest is None else max(newest, result.event_ts)
-    return newest
+    return previous, newest
+
+
+def _restore_feature_jobs(store, previous, event_ts) -> None:  # type: ignore[no-untyped-def]
+    """Serve the item features the active version was trained on again."""
+    from featurestore.models.feature_job import restore_output, views_fed_by
+
+    defs = store.definitions()
+    for name, table in previous.items():
+        restore_output(store.config, defs, name, table, event_ts)
+        views = views_fed_by(store.config, defs, defs.get("feature_job", name))
+        print(f"Restored the item features of feature job {name!r} (feeding {', '.join(views)}).")
+        _materialize(store, views)
+
+
+def _materialize(store, views) -> None:  # type: ignore[no-untyped-def]
+    # The materializer is an outer layer (Beam); only this entry point may call it.
+    from materializers.batch import materialize
+
+    for summary in materialize(store, views=list(views), progress=False):
+        print(f"  {summary.view}: materialized {summary.rows_online:,} rows online, {summary.rows_offline:,} offline")
 
 
 def _list(store, model: str) -> int:  # type: ignore[no-untyped-def]

@@ -78,7 +78,8 @@ feature_views:
     ttl: 0
     features:
       - {{name: factors, dtype: "float32[{factors}]", description: Latent item factors.}}
-    description: f(item) of the per-user models.
+      - {{name: bias, dtype: float32, description: "The item's bias b_i (how much better it is rated than the mean)."}}
+    description: f(item) of the per-user models, learned by the feature job item_factors.
     owner: ml-platform
     tags: {{tier: gold}}
 
@@ -102,7 +103,7 @@ feature_views:
 
 feature_services:
   - name: item_ranking
-    features: [item_embedding, item_popularity:mean_rating_1d]
+    features: [item_embedding:factors, item_popularity:mean_rating_1d]
     description: What the ranking model reads per candidate item.
 """
 
@@ -116,7 +117,8 @@ feature_jobs:
     item_column: item_id
     rating_column: rating
     factors: {factors}
-    l2: 0.1
+    l2: auto                 # chosen on each user's newest ratings
+    seed: 0
     iterations: 10
     output: data/source/item_factors.parquet
     description: Factorises the ratings into item factors for item_embedding.
@@ -125,10 +127,10 @@ models:
   - name: taste
     user_entity: user
     item_entity: item
-    features: [item_embedding:factors]
+    features: [item_embedding:factors, item_embedding:bias]
     label: rating
     objective: squared_error
-    l2: 1.0
+    l2: auto                 # chosen on each user's newest ratings
     description: Each user's taste as weights over the item factors, learned online.
 """
 
@@ -166,8 +168,9 @@ def write_example_repo(
     }
     for name, text in files.items():
         (path / name).write_text(text)
-    from registry.spec import definition_schema
     import json
+
+    from registry.spec import definition_schema
 
     (path / "schema.json").write_text(json.dumps(definition_schema(), indent=2, sort_keys=True) + "\n")
     return {"path": str(path), **write_example_data(path, config, holdout_from_day)}
@@ -212,6 +215,7 @@ def write_example_data(path: Path, config: RatingsConfig, holdout_from_day: floa
             "factors": pa.FixedSizeListArray.from_arrays(
                 pa.array(factors.reshape(-1), pa.float32()), config.factors
             ),
+            "bias": pa.array(np.zeros(config.items), pa.float32()),  # the feature job learns them
             "event_ts": pa.array([config.start] * config.items, pa.timestamp("us", tz="UTC")),
             "created_ts": pa.array([now] * config.items, pa.timestamp("us", tz="UTC")),
         }

@@ -141,6 +141,25 @@ def read_feedback_view(context: ServiceContext, model: str) -> pa.Table | None:
     return table.sort_by([("seq", "ascending")])
 
 
+def feedback_interactions(context: ServiceContext, model: str) -> pa.Table | None:
+    """The exported feedback of ``model`` as interactions for its feature jobs: columns user,
+    item, rating (the label) and ts; None when nothing was exported or an entity has several
+    join keys (a feature job reads one user and one item column)."""
+    spec = context.definitions().get("model", model)
+    cols = _Columns(context, spec)
+    if len(cols.user_names) != 1 or len(cols.item_names) != 1:
+        return None
+    table = read_feedback_view(context, model)
+    if table is None or not table.num_rows:
+        return None
+    return pa.table({
+        "user": table[cols.user_names[0]],
+        "item": table[cols.item_names[0]],
+        "rating": table[spec.label].cast(pa.float64()),
+        "ts": table[EVENT_TS],
+    })
+
+
 # -- labels for (re)training --------------------------------------------------------------------
 
 
@@ -148,10 +167,11 @@ def save_training_labels(context: ServiceContext, model: str, version: int, labe
     """Keep a copy of the labels a version was trained on beside its artifact, so ``models
     retrain`` can re-train on them plus the logged feedback. The timestamp is renamed
     ``event_timestamp`` (an older column of that name is dropped)."""
-    from featurestore.models.training import read_labels
+    from featurestore.models.training import read_labels, unix_seconds_as_timestamps
     from featurestore.offline.layout import write_atomic
 
-    table = read_labels(labels)
+    # Unix seconds are kept as the timestamps they mean (a cast would read them as µs).
+    table = unix_seconds_as_timestamps(read_labels(labels), timestamp_column)
     if timestamp_column != EVENT_TS:
         if EVENT_TS in table.column_names:
             table = table.drop_columns([EVENT_TS])
@@ -187,8 +207,10 @@ def retrain_labels(context: ServiceContext, model: str, original: pa.Table, *, f
             f"the original labels of model {model!r} have no column(s) {', '.join(missing)}",
             hint=f"labels need {', '.join(needed)}",
         )
+    from featurestore.models.training import unix_seconds_as_timestamps
+
     schema = pa.schema([(name, typ) for name, typ in cols.schema() if name in needed])
-    parts = [_conform(original.select(needed), schema)]
+    parts = [_conform(unix_seconds_as_timestamps(original.select(needed), EVENT_TS), schema)]
     feedback = read_feedback_view(context, model)
     if feedback is not None and feedback.num_rows:
         parts.append(_conform(feedback.select(needed), schema))

@@ -143,6 +143,10 @@ def launch_retrain(context: ServiceContext, model: str, version: int) -> bool:
         # The subprocess must see the same stores as this one, whatever overrides made them.
         "FEATURESTORE__REGISTRY": config.registry_url,
         "FEATURESTORE__OFFLINE_STORE__PATH": str(config.offline_path),
+        "FEATURESTORE__OFFLINE_STORE__ARTIFACTS_PATH": str(config.artifacts_path),
+        **{f"FEATURESTORE__OFFLINE_STORE__{name.upper()}": value
+           for name in ("endpoint_override", "region")
+           if (value := getattr(config.offline_store, name)) is not None},
         "FEATURESTORE__ONLINE_STORE__TYPE": config.online_store.type,
         "FEATURESTORE__ONLINE_STORE__PATH": str(config.resolve(config.online_store.path)),
         "FEATURESTORE__ONLINE_STORE__URL": config.online_store.url,

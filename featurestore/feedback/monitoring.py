@@ -154,15 +154,21 @@ class ModelStatus:
     min_observations: int
     stale: bool
     auto_retrain: bool
+    # What staleness compares with: the version's held-out validation loss when it recorded one
+    # (every version trained since issue 17), else its in-sample training loss.
+    baseline_loss: float | None = None
+    baseline: str = "training"
 
     @property
     def threshold(self) -> float | None:
-        return None if self.training_loss is None else self.training_loss * (1.0 + self.stale_margin)
+        base = self.baseline_loss if self.baseline_loss is not None else self.training_loss
+        return None if base is None else base * (1.0 + self.stale_margin)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model, "version": self.version, "loss_name": self.loss_name,
             "training_loss": self.training_loss, "threshold": self.threshold,
+            "baseline": self.baseline, "baseline_loss": self.baseline_loss,
             "overall": self.overall.to_dict(), "recent": self.recent.to_dict(), "window": self.window,
             "slices": {k: v.to_dict() for k, v in self.slices.items()},
             "stale_margin": self.stale_margin, "min_observations": self.min_observations,
@@ -182,7 +188,10 @@ def model_status(
     whatever process received the feedback).
 
     Stale when the personalised loss over the last ``window`` observations is above the
-    version's training loss × (1 + ``stale_margin``) and at least ``min_observations`` count.
+    version's baseline × (1 + ``stale_margin``) and at least ``min_observations`` count. The
+    baseline is the version's validation loss (its users' newest training rows, held out when
+    it was fitted: the loss to expect on rows it has not seen), or for a version that recorded
+    none its in-sample training loss.
 
     >>> model_status(store.context, "taste").stale  # doctest: +SKIP
     False
@@ -237,12 +246,14 @@ def model_status(
         overall[1] += personal or 0.0
         overall[2] += average or 0.0
     training = recorded.metrics.get("loss")
+    validation = recorded.metrics.get("validation_loss")
+    base = validation if validation is not None else training
     recent_summary = _summary(recent[0], recent[1], recent[2])
     stale = (
-        training is not None
+        base is not None
         and recent_summary.count >= min_observations
         and recent_summary.personalised is not None
-        and recent_summary.personalised > float(training) * (1.0 + spec.stale_margin)
+        and recent_summary.personalised > float(base) * (1.0 + spec.stale_margin)
     )
     return ModelStatus(
         model=model,
@@ -257,6 +268,8 @@ def model_status(
         min_observations=min_observations,
         stale=bool(stale),
         auto_retrain=spec.auto_retrain,
+        baseline_loss=None if base is None else float(base),
+        baseline="validation" if validation is not None else "training",
     )
 
 

@@ -376,8 +376,14 @@ class FeedbackService:
         rows = self.planner.cache.lookup(plan.reads(items, users), uncached=plan.user_views)
         request = np.stack([group.request[j] for j in need]) if plan.layout.request else np.empty(0)
         Z = plan.assemble(rows, len(need), request)
-        for view, (absent, expired) in plan.missing(rows, time.time_ns() // 1000).items():
+        missing = plan.missing(rows, time.time_ns() // 1000)
+        # An item its feature job has not learned yet: the average item, as /predict scores it;
+        # the observation is logged, and the next retrain learns the item from it.
+        plan.fill_prior(Z, {v: m[0] for v, m in missing.items() if v in plan.prior_views})
+        for view, (absent, expired) in missing.items():
             what = "item" if view in plan.item_views else "user"
+            if view in plan.prior_views and plan.item_prior is not None:
+                absent = np.zeros_like(absent)
             for k in np.flatnonzero(absent | expired).tolist():
                 status = "not_found" if absent[k] else "expired"
                 current = "current " if status == "expired" else ""
@@ -426,6 +432,8 @@ class FeedbackService:
             return self._stage(group, X_all, keep, rejected) if keep.any() else None
         if layout.objective == "logistic":
             personal, average = sigmoid(personal), sigmoid(average)
+        else:  # scored as /predict serves them: clipped to the label range
+            personal, average = plan.clipped(personal), plan.clipped(average)
         cohorts = np.where(known[rows], KNOWN, NEW)
         observations = [
             Observation(

@@ -17,6 +17,7 @@ Materializing the views (``featurestore jobs run`` does it) puts the factors in 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,10 +35,13 @@ from registry.errors import ConfigError, DataError
 from registry.spec import FeatureJobSpec, ParquetSource
 from registry.types import parse_dtype
 
+#: Key of the output file's schema metadata holding the fit's settings (JSON: l2, seed, mean, validation).
+FIT_METADATA = "featurestore.feature_job"
+
 if TYPE_CHECKING:
     from featurestore.config import RepoConfig
-    from registry.watcher import RegistryWatcher
     from registry.definitions import Definitions
+    from registry.watcher import RegistryWatcher
 
 
 @dataclass(frozen=True)
@@ -52,13 +56,23 @@ class FeatureJobResult:
     factors: int
     event_ts: datetime
     train_rmse: list[float] = field(default_factory=list)
+    l2: float | None = None  # the penalty used (chosen, with l2: auto)
+    validation: dict[str, Any] | None = None  # with l2: auto, how it was chosen
+    biases: bool = False  # item biases were learned and written
+    added: int = 0  # interactions from ``extra`` (logged feedback) not already in the source
 
     def summary(self) -> str:
         rmse = f"{self.train_rmse[-1]:.4f}" if self.train_rmse else "n/a"
+        chosen = ""
+        if self.validation is not None:
+            loss = self.validation.get("validation_rmse")
+            chosen = f"l2 {self.l2:g} chosen by validation RMSE {loss:.4f}; " if loss is not None else ""
         return (
             f"Feature job {self.job!r}: factorised {self.interactions:,} interactions of "
-            f"{self.users:,} users and {self.items:,} items into {self.factors} factors "
-            f"(train RMSE {rmse}; {self.dropped:,} rows with nulls dropped). "
+            f"{self.users:,} users and {self.items:,} items into {self.factors} factors"
+            f"{' and item biases' if self.biases else ''} "
+            f"({chosen}train RMSE {rmse}; {self.dropped:,} rows with nulls dropped"
+            f"{f'; {self.added:,} of them from the logged feedback' if self.added else ''}). "
             f"Wrote {self.output} (event time {self.event_ts.isoformat()}), "
             f"which feeds: {', '.join(self.views)}."
         )
@@ -73,6 +87,7 @@ class _Target:
     vectors: dict[str, str]  # column -> dtype
     timestamp: str
     created: str | None
+    biases: dict[str, str] = field(default_factory=dict)  # scalar columns -> dtype: the item bias
 
 
 def views_fed_by(config: RepoConfig, defs: Definitions, job: FeatureJobSpec) -> list[str]:
@@ -90,10 +105,19 @@ def views_fed_by(config: RepoConfig, defs: Definitions, job: FeatureJobSpec) -> 
 
 
 def run_feature_job(
-    config: RepoConfig, watcher: RegistryWatcher, name: str, *, now: datetime | None = None
+    config: RepoConfig,
+    watcher: RegistryWatcher,
+    name: str,
+    *,
+    now: datetime | None = None,
+    extra: pa.Table | None = None,
 ) -> FeatureJobResult:
     """Run one feature job on the applied definitions and write its output (no materialization;
     ``featurestore jobs run`` materializes the fed views afterwards).
+
+    ``extra`` holds more interactions (columns user, item, rating, ts: the logged feedback of a
+    model, at ``models retrain``); a row equal to one of the source's (same user, item, rating
+    and time: an interactions pipeline wrote it there too) is counted once.
 
     It reads the job's source and writes a Parquet file: the configuration and the latest
     applied definitions are all it needs (no online store is opened).
@@ -106,6 +130,9 @@ def run_feature_job(
     views = views_fed_by(config, defs, job)
     target = _target(defs, job, views)
     table, dropped = read_interactions(config, defs, job)
+    added = 0
+    if extra is not None and extra.num_rows:
+        table, added = _with_extra(table, extra, name)
     if table.num_rows == 0:
         raise DataError(
             f"feature job {name!r}: source {job.source!r} has no interactions with a user, item and rating",
@@ -114,13 +141,21 @@ def run_feature_job(
     users = table["user"].to_numpy(zero_copy_only=False)
     items = table["item"].to_numpy(zero_copy_only=False)
     ratings = table["rating"].to_numpy(zero_copy_only=False).astype(np.float64)
-    result = als_factorize(users, items, ratings, job.factors, job.l2, job.iterations)
     import pyarrow.compute as pc
+
+    ts = pc.cast(table["ts"], pa.timestamp("us", tz="UTC")).to_numpy(zero_copy_only=False).astype("int64")
+    result = als_factorize(
+        users, items, ratings, job.factors, job.l2, job.iterations, getattr(job, "seed", 0),
+        biases=bool(target.biases), timestamps=ts,
+    )
 
     newest = pc.max(table["ts"]).as_py()
     created = now or datetime.now(timezone.utc)
     event_ts = _utc(newest) if newest is not None else created
-    output = _write_output(config, job, target, result.item_ids, result.item_factors, event_ts, created)
+    output = _write_output(
+        config, job, target, result.item_ids, result.item_factors, event_ts, created, result.item_bias,
+        {"l2": result.l2, "seed": getattr(job, "seed", 0), "mean": result.mean, "validation": result.validation},
+    )
     return FeatureJobResult(
         job=name,
         output=output,
@@ -132,6 +167,10 @@ def run_feature_job(
         factors=job.factors,
         event_ts=event_ts,
         train_rmse=list(result.train_rmse),
+        l2=result.l2,
+        validation=result.validation,
+        biases=result.item_bias is not None,
+        added=added,
     )
 
 
@@ -204,7 +243,61 @@ def read_interactions(config: RepoConfig, defs: Definitions, job: FeatureJobSpec
     return kept, table.num_rows - kept.num_rows
 
 
+def restore_output(config: RepoConfig, defs: Definitions, name: str, previous: pa.Table, event_ts: datetime,
+                   *, now: datetime | None = None) -> Path:
+    """Write a job's previous output again as its newest: the same factors, at ``event_ts`` (at
+    least their own time) and created now, so materializing the fed views serves them again
+    (``models retrain`` does this when it keeps the active version, which was trained on them).
+    """
+    job: FeatureJobSpec = defs.get("feature_job", name)
+    target = _target(defs, job, views_fed_by(config, defs, job))
+    from featurestore.offline.layout import write_atomic
+
+    table = previous
+    n = table.num_rows
+    ts_type = pa.timestamp("us", tz="UTC")
+    if n and target.timestamp in table.column_names:
+        import pyarrow.compute as pc
+
+        own = pc.max(table[target.timestamp]).as_py()
+        event_ts = max(_utc(own), event_ts) if own is not None else event_ts
+        table = table.set_column(table.schema.get_field_index(target.timestamp), target.timestamp,
+                                 pa.array([event_ts] * n, ts_type))
+    if target.created and target.created in table.column_names:
+        table = table.set_column(table.schema.get_field_index(target.created), target.created,
+                                 pa.array([now or datetime.now(timezone.utc)] * n, ts_type))
+    path = config.resolve(job.output)
+    write_atomic(table, path)
+    return path
+
+
 # -- internals ----------------------------------------------------------------------------------
+
+
+def _with_extra(table: pa.Table, extra: pa.Table, name: str) -> tuple[pa.Table, int]:
+    """The interactions plus the ``extra`` rows that are not already among them."""
+    import pyarrow.compute as pc
+
+    try:
+        extra = pa.table({
+            "user": extra["user"].cast(table.schema.field("user").type),
+            "item": extra["item"].cast(table.schema.field("item").type),
+            "rating": extra["rating"].cast(pa.float64()),
+            "ts": extra["ts"].cast(table.schema.field("ts").type),
+        })
+    except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DataError(
+            f"feature job {name!r}: the extra interactions do not fit its source's columns: {exc}",
+            hint="pass user, item, rating and ts columns of the source's types",
+        ) from None
+    extra = extra.filter(pc.and_(pc.and_(pc.is_valid(extra["user"]), pc.is_valid(extra["item"])),
+                                 pc.is_valid(extra["rating"])))
+    keys = ["user", "item", "rating", "ts"]
+    seen = table.select(keys).group_by(keys).aggregate([])
+    seen = seen.append_column("__seen", pa.array(np.ones(seen.num_rows, dtype=bool)))
+    joined = extra.join(seen, keys=keys, join_type="left outer")
+    new = joined.filter(pc.is_null(joined["__seen"])).select(keys)
+    return pa.concat_tables([table.select(keys), new]), new.num_rows
 
 
 @contextmanager
@@ -224,6 +317,7 @@ def _target(defs: Definitions, job: FeatureJobSpec, views: list[str]) -> _Target
         )
     item_key: tuple[str, str] | None = None
     vectors: dict[str, str] = {}
+    biases: dict[str, str] = {}
     timestamp, created = None, None
     for name in views:
         view = defs.feature_views[name]
@@ -240,18 +334,27 @@ def _target(defs: Definitions, job: FeatureJobSpec, views: list[str]) -> _Target
         item_key = key
         for feature in view.features:
             dtype = parse_dtype(feature.dtype)
+            if not dtype.is_vector and dtype.element in ("float32", "float64"):
+                biases[feature.name] = feature.dtype  # a scalar: the item bias b_i
+                continue
             if not dtype.is_vector or dtype.length not in (0, job.factors):
                 raise ConfigError(
                     f"feature job {job.name!r} writes {job.factors} factors, but view {name!r} "
                     f"declares {feature.name}: {feature.dtype}",
-                    hint=f"declare every feature of the view as float32[{job.factors}]",
+                    hint=f"declare the factors as float32[{job.factors}] (and the item bias, if wanted, "
+                    "as a float32 or float64 scalar)",
                 )
             vectors[feature.name] = feature.dtype
         source = defs.sources[view.source]
         timestamp = source.timestamp_field
         created = source.created_timestamp_field or created
     assert item_key is not None and timestamp is not None
-    return _Target(item_key[0], item_key[1], vectors, timestamp, created)
+    if not vectors:
+        raise ConfigError(
+            f"feature job {job.name!r} feeds views with no vector feature for its factors",
+            hint=f"declare a feature of dtype float32[{job.factors}]",
+        )
+    return _Target(item_key[0], item_key[1], vectors, timestamp, created, biases)
 
 
 def _write_output(
@@ -262,6 +365,8 @@ def _write_output(
     factors: np.ndarray,
     event_ts: datetime,
     created: datetime,
+    item_bias: np.ndarray | None = None,
+    fit: dict[str, Any] | None = None,
 ) -> Path:
     from featurestore.offline.layout import write_atomic
 
@@ -282,12 +387,18 @@ def _write_output(
         else:
             offsets = pa.array(np.arange(0, n * job.factors + 1, job.factors, dtype=np.int32))
             columns[name] = pa.ListArray.from_arrays(offsets, flat)
+    for name, dtype in target.biases.items():
+        assert item_bias is not None
+        columns[name] = pa.array(item_bias.astype(np.float64), pa.float64()).cast(arrow_type(dtype))
     ts_type = pa.timestamp("us", tz="UTC")
     columns[target.timestamp] = pa.array([event_ts] * n, ts_type)
     if target.created:
         columns[target.created] = pa.array([created] * n, ts_type)
     path = config.resolve(job.output)
-    write_atomic(pa.table(columns), path)
+    table = pa.table(columns)
+    if fit is not None:  # how the factors were fitted (the chosen l2), for `models show`
+        table = table.replace_schema_metadata({FIT_METADATA: json.dumps(fit, sort_keys=True, default=float)})
+    write_atomic(table, path)
     return path
 
 

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -73,6 +73,30 @@ class ModelPlan:
     ttl_us: dict[str, int]
     alpha: float | None  # the LinUCB exploration weight, None without exploration
     label_bounds: LabelBounds | None  # what feedback labels may be (None: any finite number)
+    clip: tuple[float, float] | None = None  # squared error: scores are clipped to this range
+    # The average item (x coordinates of the learned item views, NaN elsewhere) and those views:
+    # an item a feature job has not learned yet is scored with it (status ``prior``).
+    item_prior: np.ndarray | None = None
+    prior_views: frozenset[str] = frozenset()
+
+    def fill_prior(self, X: np.ndarray, absent: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Fill the rows of X that a learned item view (``prior_views``) has not found with the
+        average item; returns the mask of rows filled. ``absent``: view -> not-found mask."""
+        filled = np.zeros(X.shape[0], dtype=bool)
+        if self.item_prior is None:
+            return filled
+        columns = np.arange(X.shape[1])
+        for block in self.item_blocks:
+            if block.view in self.prior_views and block.view in absent and absent[block.view].any():
+                rows = np.flatnonzero(absent[block.view])
+                cols = columns[block.dst]
+                X[np.ix_(rows, cols)] = self.item_prior[cols]
+                filled[rows] = True
+        return filled
+
+    def clipped(self, scores: np.ndarray) -> np.ndarray:
+        """Scores clipped to the label range (squared-error models; others are returned as is)."""
+        return scores if self.clip is None else np.clip(scores, self.clip[0], self.clip[1])
 
     @property
     def int_key(self) -> bool:
@@ -185,6 +209,8 @@ class Planner:
                 metrics = self.context.model_versions.get(model, version).metrics
                 bounds = LabelBounds.of(spec.label_range, metrics)
                 plan = _compile(snapshot.definitions, spec, states, snapshot.version, self.cache, bounds)
+                plan = replace(plan, clip=score_range(spec.label_range, metrics, plan.layout.objective),
+                               **item_prior(metrics, plan.layout.d))
                 if len(self._plans) > 256:
                     self._plans.clear()
                 self._plans[key] = plan
@@ -206,6 +232,39 @@ class Planner:
             except NotFoundError:
                 return None
         return layout
+
+
+def score_range(
+    declared: tuple[float, float] | None, metrics: Mapping[str, Any], objective: str
+) -> tuple[float, float] | None:
+    """The range a squared-error version's scores are clipped to: the declared ``label_range``,
+    else its training labels' range (None for logistic models, or a version that recorded none).
+
+    >>> score_range(None, {"label_min": 1.0, "label_max": 5.0}, "squared_error")
+    (1.0, 5.0)
+    """
+    if objective != "squared_error":
+        return None
+    if declared is not None:
+        return float(declared[0]), float(declared[1])
+    low, high = metrics.get("label_min"), metrics.get("label_max")
+    if low is None or high is None:
+        return None
+    return float(low), float(high)
+
+
+def item_prior(metrics: Mapping[str, Any], d: int) -> dict[str, Any]:
+    """The plan's ``item_prior`` and ``prior_views`` from a version's metrics (none recorded:
+    no prior, new items are ``not_found`` as before).
+
+    >>> item_prior({"item_prior": [0.5, None, None], "item_prior_views": ["v"]}, 3)["prior_views"]
+    frozenset({'v'})
+    """
+    values, views = metrics.get("item_prior"), metrics.get("item_prior_views")
+    if not values or not views or len(values) != d:
+        return {}
+    prior = np.array([np.nan if v is None else float(v) for v in values])
+    return {"item_prior": prior, "prior_views": frozenset(views)}
 
 
 def _compile(

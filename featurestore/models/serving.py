@@ -14,7 +14,9 @@ One prediction, for a user and n candidate items:
 4. the record (id, user, items, version, X) handed to the ``PredictionLog`` queue.
 
 An item whose feature is missing, expired or null is not scored: its score is None and its status
-says why (``not_found``, ``expired``, ``null``); the others are scored as usual.
+says why (``not_found``, ``expired``, ``null``); the others are scored as usual. An item missing
+only from learned item views (fed by a feature job) is scored with the average item's features
+instead, status ``prior``, when the version recorded one (every version trained since issue 17).
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ if TYPE_CHECKING:
     from featurestore.feature_cache import ViewRows
 
 NULL = "null"
+#: An item without learned features in this version (new since its feature job ran), scored
+#: with the average item's: the mean of the learned item features over the training's items.
+PRIOR = "prior"
 
 
 @dataclass(frozen=True, eq=False)
@@ -209,9 +214,12 @@ class Predictor:
         not_found = np.zeros(n, dtype=bool)
         expired = np.zeros(n, dtype=bool)
         user_status = PRESENT
-        for view, (absent, old) in plan.missing(rows, time.time_ns() // 1000).items():
+        missing = plan.missing(rows, time.time_ns() // 1000)
+        prior = plan.fill_prior(X, {v: m[0] for v, m in missing.items() if v in plan.prior_views})
+        for view, (absent, old) in missing.items():
             if view in plan.item_views:
-                not_found |= absent
+                if view not in plan.prior_views or plan.item_prior is None:
+                    not_found |= absent
                 expired |= old
             elif absent[0]:
                 user_status = NOT_FOUND
@@ -233,14 +241,16 @@ class Predictor:
             scores[ok] = Xok @ state.w
             bonus = np.full(n, np.nan)
             bonus[ok] = ucb_bonus(state.A_inv, Xok, plan.alpha)
-        statuses = _statuses(n, ok, not_found, expired, user_status)
+        statuses = _statuses(n, ok, not_found, expired, user_status, prior)
         if k is None:
             order = np.arange(n)
         else:
+            # Ranked by the unclipped score: items above the top of the label range keep their order.
             rank = scores if bonus is None else scores + bonus
             rank = np.where(ok, rank, -np.inf)  # unscored items last
             # A stable sort: ties keep their input order, also across the k-th place.
             order = np.argsort(-rank, kind="stable")[:k]
+        scores = plan.clipped(scores)  # squared error: within the label range
         prediction_id = uuid.uuid4().hex
         item_texts = request.item_texts
         self.log.log(
@@ -286,12 +296,15 @@ class _Request:
     reads: dict[str, Sequence[bytes]]
 
 
-def _statuses(n: int, ok: np.ndarray, not_found: np.ndarray, expired: np.ndarray, user_status: str) -> list[str]:
-    if ok.all():
+def _statuses(
+    n: int, ok: np.ndarray, not_found: np.ndarray, expired: np.ndarray, user_status: str, prior: np.ndarray
+) -> list[str]:
+    if ok.all() and not prior.any():
         return [PRESENT] * n
     if user_status != PRESENT:
         return [user_status] * n
     out = np.full(n, PRESENT, dtype=object)
+    out[prior] = PRIOR
     out[~ok] = NULL
     out[expired] = EXPIRED
     out[not_found] = NOT_FOUND

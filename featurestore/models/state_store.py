@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featurestore.models.linear import UserState, new_user_state
-from featurestore.online.epoch import ensure_epoch
 from featurestore.models.state_codec import (
     decode_state,
     decode_weights,
@@ -35,6 +34,7 @@ from featurestore.models.state_codec import (
     encode_weights,
     read_weights,
 )
+from featurestore.online.epoch import ensure_epoch
 from registry.errors import ConfigError, DataError, NotFoundError
 from registry.types import NUMERIC_DTYPES, parse_dtype
 
@@ -47,6 +47,8 @@ META_KEY = b"\\meta"
 AVERAGE_KEY = b"\\average"
 RESERVED_KEYS = frozenset({META_KEY, AVERAGE_KEY})
 LAYOUT_FORMAT = 1
+#: The penalty a layout holds before ``l2: auto`` has chosen one (and when nothing validates it).
+DEFAULT_L2 = 1.0
 # States per put_blobs call: bounds one Redis MSET at ~25 MB for d = 64.
 _PUT_CHUNK = 1_000
 
@@ -154,7 +156,8 @@ class ModelLayout:
             request=tuple(spec.request_features),
             bias=spec.bias,
             objective=spec.objective,
-            l2=float(spec.l2),
+            # l2: auto is chosen when training (``training.fit``); the layout stores the choice.
+            l2=DEFAULT_L2 if spec.l2 == "auto" else float(spec.l2),
         )
 
     @staticmethod

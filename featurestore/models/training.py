@@ -18,20 +18,22 @@ The artifact (``models.artifacts``) restores the online state of a version exact
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from featurestore.models.artifacts import write_artifact
-from featurestore.models.fitting import fit_average, fit_users
+from featurestore.models.fitting import RidgeValidation, fit_average, fit_users
 from featurestore.models.linear import UserState, sigmoid
 from featurestore.models.metrics import RunningLoss
-from featurestore.models.state_store import ModelLayout, ModelStateStore
+from featurestore.models.state_store import DEFAULT_L2, ModelLayout, ModelStateStore
+from featurestore.models.tuning import search_l2, validation_split
 from featurestore.online.codec import encode_entity_keys
 from registry.errors import ConflictError, DataError, UserError
 
@@ -59,6 +61,8 @@ class TrainingSet:
     dropped_missing_label: int
     data_start: datetime | None
     data_end: datetime | None
+    ts: np.ndarray | None = None  # (n,) int64 µs since the epoch of each kept row, when known
+    item_index: np.ndarray | None = None  # (n,) index of each kept row's item among the distinct items
 
 
 @dataclass(frozen=True)
@@ -76,16 +80,25 @@ class TrainResult:
     data_start: datetime | None
     data_end: datetime | None
     w_avg: np.ndarray = field(repr=False)
+    active: bool = True
 
     def summary(self) -> str:
         m = self.metrics
         return (
-            f"Trained model {self.model!r} version {self.version} (active) on {self.rows:,} rows "
+            f"Trained model {self.model!r} version {self.version} ({'active' if self.active else 'inactive'}) "
+            f"on {self.rows:,} rows "
             f"of {self.users:,} users and {self.items:,} items, d={self.d}; "
             f"{self.rows_dropped:,} rows dropped (features: {m['rows_dropped_missing_features']:,}, "
             f"label: {m['rows_dropped_missing_label']:,}). "
             f"Training {m['loss_name']}: personalised {m['loss']:.4f}, "
-            f"average user {m['loss_average_user']:.4f}. Artifact: {self.artifact}"
+            f"average user {m['loss_average_user']:.4f}. "
+            + (
+                f"Validation {m['loss_name']} ({m['validation_rows']:,} newest rows of the users): "
+                f"personalised {m['validation_loss']:.4f}, average user {m['validation_loss_average_user']:.4f}"
+                f"{' with l2 ' + format(m['l2'], 'g') + ' chosen (l2: auto)' if m.get('l2_auto') else ''}. "
+                if m.get("validation_loss") is not None else ""
+            )
+            + f"Artifact: {self.artifact}"
         )
 
 
@@ -123,8 +136,14 @@ def build_training_set(
     label: str,
     labels: pa.Table,
     timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
+    *,
+    frozen_views: set[str] | frozenset[str] = frozenset(),
+    frozen_at: datetime | None = None,
 ) -> TrainingSet:
-    """Join point-in-time features onto the labels and assemble x (see the module docstring)."""
+    """Join point-in-time features onto the labels and assemble x (see the module docstring).
+
+    Features of ``frozen_views`` (item views fed by a feature job) are joined as of
+    ``frozen_at`` (default: now) for every row: the features this version is served with."""
     user_keys = [k.name for k in defs.entities[layout.user_entity].join_keys]
     item_keys = [k.name for k in defs.entities[layout.item_entity].join_keys]
     clash = set(user_keys) & set(item_keys)
@@ -142,15 +161,77 @@ def build_training_set(
             hint=f"labels need {', '.join(dict.fromkeys(needed))}"
             + ("" if timestamp_column != DEFAULT_TIMESTAMP_COLUMN else "; or pass --timestamp-column"),
         )
-    entity_df = labels.select(list(dict.fromkeys(needed)))
-    refs = [b.ref for b in (*layout.item, *layout.user)]
+    entity_df = unix_seconds_as_timestamps(labels.select(list(dict.fromkeys(needed))), timestamp_column)
+    blocks = (*layout.item, *layout.user)
+    frozen = [b.ref for b in blocks if b.view in frozen_views]
+    live = [b.ref for b in blocks if b.view not in frozen_views]
+    if not frozen:
+        return assemble(defs, layout, label, _export(export, entity_df, live, timestamp_column),
+                        timestamp_column, len(labels))
+    # Learned item features are fixed per model version: every row sees the ones this version
+    # is served with (the newest, as of the training), whatever its own time; the other
+    # features are joined as of the row's time, as usual.
+    rows = entity_df.append_column(_ROW, pa.array(np.arange(entity_df.num_rows, dtype=np.int64)))
+    at = pa.array(np.full(rows.num_rows, frozen_at or datetime.now(timezone.utc)), pa.timestamp("us", tz="UTC"))
+    pinned = rows.set_column(rows.schema.get_field_index(timestamp_column), timestamp_column, at)
+    table = _by_row(_export(export, pinned, frozen, timestamp_column))
+    base = _by_row(_export(export, rows, live, timestamp_column)) if live else rows
+    for ref in frozen:
+        name = "__".join(ref.split(":", 1))
+        base = base.append_column(name, table[name]) if name not in base.column_names else base
+    return assemble(defs, layout, label, base.drop_columns([_ROW]), timestamp_column, len(labels))
+
+
+_ROW = "__featurestore_row"
+
+
+def _export(export: Export, entity_df: pa.Table, refs: list[str], timestamp_column: str) -> pa.Table:
     dataset = export(entity_df, refs, timestamp_column=timestamp_column, full_names=True)
     try:
-        table = _as_arrow(dataset)
+        return _as_arrow(dataset)
     finally:
         if hasattr(dataset, "close"):
             dataset.close()  # the export's DuckDB connection and spill directory
-    return assemble(defs, layout, label, table, timestamp_column, len(labels))
+
+
+def _by_row(table: pa.Table) -> pa.Table:
+    """The export's rows in the labels' order (it keeps every row, not their order)."""
+    return table.sort_by(_ROW)
+
+
+def frozen_item_views(config: Any, defs: Definitions, layout: ModelLayout) -> set[str]:
+    """The model's item views that a feature job feeds: learned features, fixed per version."""
+    from featurestore.models.feature_job import views_fed_by
+
+    item_views = {b.view for b in layout.item}
+    fed: set[str] = set()
+    for job in defs.feature_jobs.values():
+        fed |= item_views & set(views_fed_by(config, defs, job))
+    return fed
+
+
+def unix_seconds_as_timestamps(table: pa.Table, column: str) -> pa.Table:
+    """``column`` as a UTC timestamp when it holds numbers: Unix seconds (what ``/feedback``
+    accepts for ``ts``), integers or fractional; any other type is left to the export's checks.
+
+    >>> t = unix_seconds_as_timestamps(pa.table({"ts": [0, 1_700_000_000]}), "ts")
+    >>> t["ts"].type, t["ts"][1].as_py().isoformat()
+    (TimestampType(timestamp[us, tz=UTC]), '2023-11-14T22:13:20+00:00')
+    """
+    if column not in table.column_names:
+        return table
+    typ = table.schema.field(column).type
+    if not (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
+        return table
+    seconds = pc.cast(table[column], pa.float64())
+    if pc.any(pc.greater(pc.abs(seconds), 253402300799.0)).as_py():  # after 9999-12-31
+        raise DataError(
+            f"the timestamp column {column!r} holds numbers beyond the year 9999 as Unix seconds",
+            hint="numbers are read as seconds since the epoch; convert milliseconds first (ms / 1000)",
+        )
+    micros = pc.cast(pc.round(pc.multiply(seconds, 1_000_000.0)), pa.int64())
+    ts = pc.cast(micros, pa.timestamp("us", tz="UTC"))
+    return table.set_column(table.schema.get_field_index(column), column, ts)
 
 
 def assemble(
@@ -200,13 +281,15 @@ def assemble(
     keys = encode_entity_keys(user_dtypes, [kept[c] for c in user_cols]) if kept.num_rows else []
     encoded = pc.dictionary_encode(pa.array(keys, pa.binary()))
     user_index = encoded.indices.to_numpy(zero_copy_only=False).astype(np.intp)
-    items = (
-        len(set(encode_entity_keys(item_dtypes, [kept[c] for c in item_cols]))) if kept.num_rows else 0
-    )
+    item_encoded = pc.dictionary_encode(pa.array(
+        encode_entity_keys(item_dtypes, [kept[c] for c in item_cols]) if kept.num_rows else [], pa.binary()))
+    items = len(item_encoded.dictionary)
     start = end = None
+    row_ts = None
     if kept.num_rows and timestamp_column in kept.column_names:
         ts = kept[timestamp_column]
         start, end = _as_datetime(pc.min(ts).as_py()), _as_datetime(pc.max(ts).as_py())
+        row_ts = _micros(ts)
     return TrainingSet(
         layout=layout,
         X=X[keep],
@@ -219,11 +302,75 @@ def assemble(
         dropped_missing_label=dropped_label,
         data_start=start,
         data_end=end,
+        ts=row_ts,
+        item_index=item_encoded.indices.to_numpy(zero_copy_only=False).astype(np.intp),
     )
 
 
-def fit(training: TrainingSet) -> tuple[np.ndarray, dict[bytes, UserState], dict[str, Any]]:
-    """The average user, every user's state and the training metrics."""
+def average_item(training: TrainingSet, views: set[str]) -> dict[str, Any]:
+    """The average item of the learned item views: the mean over the training's distinct items
+    of their coordinates of x (factors and bias), recorded with the version (``item_prior``, d
+    numbers, null outside those views) and served for items the feature job has not learned."""
+    layout = training.layout
+    if training.item_index is None or not len(training.item_index):
+        return {}
+    cols: list[int] = []
+    col = 0
+    for block in layout.item:
+        if block.view in views:
+            cols += range(col, col + block.width)
+        col += block.width
+    first = np.unique(training.item_index, return_index=True)[1]
+    mean = training.X[np.ix_(first, cols)].mean(axis=0)
+    values: list[float | None] = [None] * layout.d
+    for c, v in zip(cols, mean.tolist()):
+        values[c] = float(v)
+    return {"item_prior": values, "item_prior_views": sorted(views)}
+
+
+def _feature_job_fits(config: Any, defs: Definitions, views: set[str]) -> dict[str, Any]:
+    """How the item features of ``views`` were fitted, per feature job (the Parquet metadata its
+    output carries: l2, seed, validation), recorded with the version."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from featurestore.models.feature_job import FIT_METADATA, views_fed_by
+
+    out: dict[str, Any] = {}
+    for name, job in defs.feature_jobs.items():
+        if not views & set(views_fed_by(config, defs, job)):
+            continue
+        try:
+            meta = pq.read_schema(config.resolve(job.output)).metadata or {}
+            out[name] = json.loads(meta[FIT_METADATA.encode()])
+        except (OSError, KeyError, ValueError, pa.ArrowInvalid):
+            continue  # written by an older version, or by hand: nothing to record
+    return out
+
+
+def label_clip(declared: tuple[float, float] | None, y: np.ndarray) -> tuple[float, float]:
+    """The range predictions are clipped to: the declared ``label_range``, else the training
+    labels' range."""
+    if declared is not None:
+        return float(declared[0]), float(declared[1])
+    return float(y.min()), float(y.max())
+
+
+def fit(
+    training: TrainingSet,
+    *,
+    l2_auto: bool = False,
+    label_range: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, dict[bytes, UserState], dict[str, Any]]:
+    """The average user, every user's state and the training metrics.
+
+    Before fitting, each user's newest rows (``models.tuning.validation_split``, by the rows'
+    timestamps) are a validation slice: with ``l2_auto`` λ is chosen on it (``search_l2``);
+    either way the version records its validation loss (an honest baseline for staleness),
+    then everything is fitted on all rows with that λ. Squared-error predictions are clipped to
+    ``label_clip(label_range, y)`` in the losses, as they are when served.
+    """
     layout = training.layout
     if training.X.shape[0] == 0:
         raise DataError(
@@ -233,6 +380,28 @@ def fit(training: TrainingSet) -> tuple[np.ndarray, dict[bytes, UserState], dict
             hint="materialize the model's feature views for the labels' time range first",
         )
     objective: Any = layout.objective
+    squared = layout.objective == "squared_error"
+    clip = label_clip(label_range, training.y) if squared else None
+    validation = RidgeValidation(
+        training.user_index,
+        training.X,
+        training.y,
+        validation_split(training.user_index, training.ts),
+        objective=objective,
+        bias=layout.bias,
+        clip=clip,
+    )
+    tuned: dict[str, Any] = {"l2_auto": l2_auto}
+    if l2_auto:
+        if validation.rows:
+            best, _, tried = search_l2(validation.loss)
+            layout = replace(layout, l2=best)
+            tuned["l2_candidates"] = tried
+        else:  # no user has two rows: nothing to validate on
+            layout = replace(layout, l2=DEFAULT_L2)
+        training = replace(training, layout=layout)
+    val_loss, val_base = validation.losses(layout.l2) if validation.rows else (None, None)
+    tuned.update(validation_loss=val_loss, validation_loss_average_user=val_base, validation_rows=validation.rows)
     w_avg = fit_average(training.X, training.y, layout.l2, objective=objective, bias=layout.bias)
     by_index = fit_users(
         training.user_index, training.X, training.y, layout.l2, w_avg, objective=objective
@@ -246,6 +415,8 @@ def fit(training: TrainingSet) -> tuple[np.ndarray, dict[bytes, UserState], dict
     average = training.X @ w_avg
     if layout.objective == "logistic":
         personal, average = sigmoid(personal), sigmoid(average)
+    elif clip is not None:
+        personal, average = np.clip(personal, *clip), np.clip(average, *clip)
     loss = RunningLoss.for_objective(layout.objective).update(training.y, personal)
     base = RunningLoss.for_objective(layout.objective).update(training.y, average)
     metrics = {
@@ -264,7 +435,10 @@ def fit(training: TrainingSet) -> tuple[np.ndarray, dict[bytes, UserState], dict
         # The range feedback labels are checked against when the model declares none.
         "label_min": float(training.y.min()),
         "label_max": float(training.y.max()),
+        **tuned,
     }
+    if clip is not None:
+        metrics["clip_min"], metrics["clip_max"] = clip
     return w_avg, states, metrics
 
 
@@ -275,8 +449,11 @@ def train_model(
     *,
     timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
     export: Export | None = None,
+    activate: bool = True,
 ) -> TrainResult:
-    """Train ``model`` on ``labels`` and make the result its active version.
+    """Train ``model`` on ``labels`` and make the result its active version (with
+    ``activate=False`` it is recorded, published and written, but not served: ``models
+    retrain`` activates it only when it is no worse).
 
     ``export(entity_df, features, **options)`` is the point-in-time export the features come
     from (``FeatureStore.get_training_dataset``; by default the same over the context's config).
@@ -292,8 +469,15 @@ def train_model(
     table = read_labels(labels)
     if export is None:
         export = _point_in_time(context, defs)
-    training = build_training_set(export, defs, layout, spec.label, table, timestamp_column)
-    w_avg, states, metrics = fit(training)
+    frozen = frozen_item_views(context.config, defs, layout)
+    training = build_training_set(export, defs, layout, spec.label, table, timestamp_column, frozen_views=frozen)
+    w_avg, states, metrics = fit(training, l2_auto=spec.l2 == "auto", label_range=spec.label_range)
+    layout = replace(layout, l2=float(metrics["l2"]))
+    if frozen:
+        metrics.update(average_item(training, frozen))
+        fitted = _feature_job_fits(context.config, defs, frozen)
+        if fitted:
+            metrics["feature_jobs"] = fitted
 
     # Record the version inactive first: its states must be written before a server can pick it.
     expected = max((v.version for v in context.model_versions.list(model)), default=0) + 1
@@ -328,8 +512,9 @@ def train_model(
             "metrics": metrics,
         },
     )
-    context.model_versions.activate(model, recorded.version)
-    context.watcher.refresh()  # this process serves the new version at once
+    if activate:
+        context.model_versions.activate(model, recorded.version)
+        context.watcher.refresh()  # this process serves the new version at once
     return TrainResult(
         model=model,
         version=recorded.version,
@@ -344,6 +529,7 @@ def train_model(
         data_start=training.data_start,
         data_end=training.data_end,
         w_avg=w_avg,
+        active=activate,
     )
 
 
@@ -402,6 +588,18 @@ def _numeric_block(column: pa.ChunkedArray | pa.Array, width: int, what: str) ->
         raise DataError(f"{what} ({t}) is not numeric: {exc}") from None
     out[:, 0] = values
     return out, valid & np.isfinite(values)
+
+
+def _micros(column: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
+    """Microseconds since the epoch of a timestamp or date column (None for another type)."""
+    t = column.type
+    if pa.types.is_date(t):
+        column = pc.cast(column, pa.timestamp("us"))
+    elif not pa.types.is_timestamp(t):
+        return None
+    else:
+        column = pc.cast(column, pa.timestamp("us", tz=t.tz))
+    return np.asarray(pc.cast(column, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 def _as_datetime(value: Any) -> datetime | None:

@@ -4,6 +4,8 @@ from the log with SQL; the stale flag."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -62,11 +64,15 @@ def test_predictions_before_learning_in_the_log_the_counters_and_the_status(trai
     assert status.slices["new_users"].average_user == pytest.approx((1.0 - average[1]) ** 2)
 
 
-def test_stale_when_recent_loss_exceeds_training_loss_by_the_margin(trained: FeatureStore) -> None:
-    training = trained.model_versions.get("taste", 2).metrics["loss"]
+def test_stale_when_recent_loss_exceeds_the_validation_loss_by_the_margin(trained: FeatureStore) -> None:
+    metrics = trained.model_versions.get("taste", 2).metrics
+    validation = metrics["validation_loss"]
+    # The held-out loss, not the in-sample one, is the baseline: honest, so larger.
+    assert validation > metrics["loss"]
     status = model_status(trained.context, "taste", window=10, min_observations=10)
     assert (status.recent.count, status.stale) == (0, False)
-    assert status.threshold == pytest.approx(training * 1.5)  # stale_margin: 0.5 in the conftest
+    assert (status.baseline, status.baseline_loss) == ("validation", validation)
+    assert status.threshold == pytest.approx(validation * 1.5)  # stale_margin: 0.5 in the conftest
 
     def send(prefix: str, offset: float, n: int) -> None:
         for k in range(n):
@@ -81,3 +87,20 @@ def test_stale_when_recent_loss_exceeds_training_loss_by_the_margin(trained: Fea
     assert status.stale and status.recent.personalised > status.threshold
     # Too few recent observations never flag.
     assert not model_status(trained.context, "taste", window=10, min_observations=1_000).stale
+
+
+def test_a_version_without_a_validation_loss_compares_with_its_training_loss(trained: FeatureStore) -> None:
+    """Versions trained before the validation slice existed recorded only the training loss."""
+    import sqlalchemy as sa
+
+    from registry import tables as t
+
+    metrics = dict(trained.model_versions.get("taste", 2).metrics)
+    metrics.pop("validation_loss")
+    table = t.model_versions
+    with trained.context.engine.begin() as conn:
+        conn.execute(sa.update(table).where(table.c.project == trained.context.project, table.c.model == "taste",
+                                            table.c.version == 2).values(metrics=json.dumps(metrics, sort_keys=True)))
+    status = model_status(trained.context, "taste", window=10, min_observations=10)
+    assert (status.baseline, status.baseline_loss) == ("training", metrics["loss"])
+    assert status.threshold == pytest.approx(metrics["loss"] * 1.5)

@@ -104,9 +104,14 @@ def test_retrain_on_labels_plus_feedback_from_cli_status_and_server(repo: Path, 
         assert (Path(store.model_versions.get("taste", 1).artifact) / LABELS_FILE).is_file()
         _feedback(store, 40)
         capsys.readouterr()
+        # Too few observations (40 < 100) to judge version 1 by its feedback: compared with its
+        # validation loss; on these exact labels that is tiny, so the gate keeps version 1.
         assert main(["-r", r, "models", "retrain", "taste"]) == 0
         out = capsys.readouterr().out
-        assert "wrote 40 feedback row(s)" in out and "version 2 (active)" in out
+        assert "wrote 40 feedback row(s)" in out and "version 2 (inactive)" in out
+        assert "Kept version 1 active: validation loss" in out and "version 1's validation loss" in out
+        assert store.model_versions.active_versions()["taste"] == 1
+        store.activate_model("taste", 2)
         assert store.model_versions.get("taste", 2).metrics["rows"] == kept + 40
         saved = pq.read_table(Path(store.model_versions.get("taste", 2).artifact) / LABELS_FILE)
         assert saved.num_rows == 240  # the original labels only: feedback comes from the log

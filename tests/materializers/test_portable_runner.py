@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -70,13 +71,13 @@ def _start(command: list[str], log: Path, port_file: Path) -> tuple[subprocess.P
     return process, int(port_file.read_text())
 
 
-@pytest.fixture(scope="module")
-def portable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """``(job endpoint, worker pool address)``: .ci/run's services, else started here."""
+@contextmanager
+def beam_services(logs: Path) -> Iterator[tuple[str, str]]:
+    """``(job endpoint, worker pool address)``: .ci/run's services, else started here (logs in
+    ``logs``) and stopped afterwards; the workers inherit this process's environment."""
     job, pool = os.environ.get(JOB_ENV), os.environ.get(POOL_ENV)
     started: list[subprocess.Popen] = []
     if not (job and pool):
-        logs = tmp_path_factory.mktemp("beam-services")
         server, job_port = _start(
             ["job-server", "--workers", "2"], logs / "job.log", logs / "job.port"
         )
@@ -91,6 +92,12 @@ def portable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
         for process in started:
             process.terminate()
             process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def portable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    with beam_services(tmp_path_factory.mktemp("beam-services")) as found:
+        yield found
 
 
 def _example(root: Path) -> Path:

@@ -9,9 +9,7 @@ fixtures start all of it here. Never skipped."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +18,8 @@ import pytest
 from featurestore.cli.main import main
 from featurestore.store import FeatureStore
 from materializers import materialize
-from materializers.portable_services import check
 from tests.materializers.test_crash_rerun import END, START, make_repo
-from tests.materializers.test_portable_runner import JOB_ENV, POOL_ENV, _online, _start
+from tests.materializers.test_portable_runner import _online, beam_services
 from tests.offline.s3_helpers import local_files, objects, partitions, use_s3
 from tests.offline.test_s3_batch import _rejects, _runs, _with_rejects
 
@@ -33,24 +30,8 @@ def portable_s3(
 ) -> Iterator[tuple[str, str]]:
     """``(job endpoint, worker pool address)`` whose workers hold the S3 test credentials:
     .ci/run's services, else started here (after ``s3_endpoint`` put them in the environment)."""
-    job, pool = os.environ.get(JOB_ENV), os.environ.get(POOL_ENV)
-    started: list[subprocess.Popen] = []
-    if not (job and pool):
-        logs = tmp_path_factory.mktemp("beam-services-s3")
-        server, job_port = _start(
-            ["job-server", "--workers", "2"], logs / "job.log", logs / "job.port"
-        )
-        started.append(server)
-        workers, pool_port = _start(["worker-pool"], logs / "pool.log", logs / "pool.port")
-        started.append(workers)
-        job, pool = f"localhost:{job_port}", f"127.0.0.1:{pool_port}"
-    try:
-        check(job, pool)
-        yield job, pool
-    finally:
-        for process in started:
-            process.terminate()
-            process.wait(30)
+    with beam_services(tmp_path_factory.mktemp("beam-services-s3")) as found:
+        yield found
 
 
 def test_portable_workers_write_to_s3_what_the_default_runner_writes_locally(

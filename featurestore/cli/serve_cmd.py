@@ -6,6 +6,8 @@ import argparse
 import inspect
 from typing import Any
 
+from featurestore.hosts import is_loopback
+
 
 def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     parser.add_argument(
@@ -91,18 +93,6 @@ def _serve(store: Any, host: str, port: int, workers: int, log_level: str) -> in
         log_level=log_level,
         access_log=False,
     )
-
-
-def is_loopback(host: str) -> bool:
-    """Whether only this machine can reach ``host`` (``localhost``, 127.0.0.0/8, ``::1``)."""
-    import ipaddress
-
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to any interface
 
 
 def check_open_host(host: str) -> None:

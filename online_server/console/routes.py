@@ -252,7 +252,7 @@ def router(store: Any, *, prefix: str = "/ui") -> APIRouter:
             if access.ROLE not in verdict:
                 return JSONResponse({"error": {"type": "AuthError", "message": "this token lacks the `admin` role",
                                                "hint": "use a token with the `admin` role", "retryable": False}}, 403)
-        from featurestore.cli.serve_cmd import is_loopback
+        from featurestore.hosts import is_loopback
         from online_server.auth import TokenAuth
 
         response = JSONResponse({"ok": True})

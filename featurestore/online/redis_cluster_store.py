@@ -51,11 +51,11 @@ from featurestore.online.redis_keys import BUCKET_SLOTS, BUCKETS, ClusterKeys
 from featurestore.online.redis_store import (
     _CAS_SCRIPT,
     _TS,
-    HEADER_SIZE,
     WRITE_LATEST_LUA,
     WRITE_LATEST_SHA,
     RedisOnlineStore,
     _glob_escape,
+    decode_rows,
     expiry_ms,
     redact,
     script_args,
@@ -264,8 +264,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         keys, _ = self._row_keys(view_keys)
         with self._guard("reading"):
             values = self._connected().mget_nonatomic(keys)
-        unpack_from = _TS.unpack_from
-        return [None if v is None else (unpack_from(v)[0], v[HEADER_SIZE:]) for v in values]
+        return decode_rows(values)
 
     async def read_latest_async(self, view_keys: Sequence[tuple[str, bytes]]) -> list[tuple[int, bytes] | None]:
         self._check_open()
@@ -274,8 +273,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         if self._async_cluster is None:
             return await asyncio.to_thread(self.read_latest, view_keys)
         values = await self._cluster_mget_async(*self._row_keys(view_keys))
-        unpack_from = _TS.unpack_from
-        return [None if v is None else (unpack_from(v)[0], v[HEADER_SIZE:]) for v in values]
+        return decode_rows(values)
 
     async def _cluster_mget_async(self, keys: list[bytes], slots: list[int]) -> list[bytes | None]:
         assert self._async_cluster is not None

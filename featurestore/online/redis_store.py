@@ -136,6 +136,13 @@ _CLUSTER_ERRORS = (
 )
 
 
+def decode_rows(values: Sequence[bytes | None]) -> list[tuple[int, bytes] | None]:
+    """Row values as ``(event time, payload)`` (None where a key holds nothing): the value layout
+    of both key layouts (a header whose first field is the event time, then the payload)."""
+    unpack_from = _TS.unpack_from
+    return [None if v is None else (unpack_from(v)[0], v[HEADER_SIZE:]) for v in values]
+
+
 def redact(url: str) -> str:
     """The URL without its password (in the user-info or as ``?password=``), for messages."""
     parts = urlsplit(url)
@@ -328,8 +335,7 @@ class RedisOnlineStore(OnlineStore):
             keys = [self._view_prefix(view) + key for view, key in view_keys]
         with self._guard("reading"):
             values = self._client.execute_command("MGET", *keys)
-        unpack_from = _TS.unpack_from
-        return [None if v is None else (unpack_from(v)[0], v[HEADER_SIZE:]) for v in values]
+        return decode_rows(values)
 
     async def read_latest_async(self, view_keys: Sequence[tuple[str, bytes]]) -> list[tuple[int, bytes] | None]:
         self._check_open()
@@ -343,8 +349,7 @@ class RedisOnlineStore(OnlineStore):
         except KeyError:
             keys = [self._view_prefix(view) + key for view, key in view_keys]
         values = await self._mget_async(keys)
-        unpack_from = _TS.unpack_from
-        return [None if v is None else (unpack_from(v)[0], v[HEADER_SIZE:]) for v in values]
+        return decode_rows(values)
 
     def newest_event_ts(self, views: Sequence[str]) -> dict[str, int | None]:
         views = list(views)

@@ -61,7 +61,6 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 # Names under which Beam's own DirectRunner would be picked (and with it, Prism).
-_IN_PROCESS_NAMES = {None, "", "DirectRunner", "direct", "FnApiRunner", "SwitchingDirectRunner"}
 
 
 def parse_time(value: datetime | str) -> datetime:
@@ -98,9 +97,11 @@ def make_pipeline(pipeline_args: Sequence[str] = ()) -> beam.Pipeline:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+    from materializers.lifecycle import IN_PROCESS_NAMES
+
     options = PipelineOptions(list(pipeline_args))
     name = options.view_as(StandardOptions).runner
-    runner = in_process_runner() if name in _IN_PROCESS_NAMES else None
+    runner = in_process_runner() if name in IN_PROCESS_NAMES else None
     return beam.Pipeline(runner=runner, options=options)
 
 

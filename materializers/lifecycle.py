@@ -45,6 +45,9 @@ LOSES_DATA = {
     "finish_bundle outputs are dropped, tagged outputs are mixed: 827,680 of 1,000,000 rows "
     "were written in a test)",
 }
+#: ``--runner`` values that mean Beam's in-process runner (materialize runs ``FnApiRunner``
+#: for all of them, see ``materializers.batch.make_pipeline``).
+IN_PROCESS_NAMES = frozenset({None, "", "DirectRunner", "direct", "FnApiRunner", "SwitchingDirectRunner"})
 #: Seconds to wait for a TCP connection to a job service before submitting.
 CONNECT_TIMEOUT = 5.0
 
@@ -86,7 +89,7 @@ class Runner:
         given = options.view_as(StandardOptions).runner
         refuse_lossy(given if isinstance(given, str) else type(given).__name__)
         direct = options.view_as(DirectOptions)
-        in_process = given in (None, "", "DirectRunner", "direct", "FnApiRunner", "SwitchingDirectRunner")
+        in_process = given in IN_PROCESS_NAMES
         threads = direct.direct_running_mode != "multi_processing"  # in_memory, multi_threading
         if in_process and direct.direct_num_workers != 1 and threads:
             import apache_beam

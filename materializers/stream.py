@@ -132,12 +132,11 @@ def check_stream_options(pipeline_args: Sequence[str]) -> None:
     unbounded read after its first bundle (``portable_services.unbounded`` shows why)."""
     from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-    from materializers.batch import _IN_PROCESS_NAMES
-    from materializers.lifecycle import Runner
+    from materializers.lifecycle import IN_PROCESS_NAMES, Runner
 
     options = PipelineOptions(list(pipeline_args))
     workers = options.view_as(DirectOptions).direct_num_workers
-    if options.view_as(StandardOptions).runner in _IN_PROCESS_NAMES and workers != 1:
+    if options.view_as(StandardOptions).runner in IN_PROCESS_NAMES and workers != 1:
         import apache_beam
 
         raise UserError(

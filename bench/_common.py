@@ -214,3 +214,25 @@ def delete_cluster_project(cluster_url: str, project: str) -> int:
     finally:
         client.close()
     return deleted
+
+
+def goal_line(
+    workload: str,
+    reference: str,
+    ours: str,
+    ratio: float,
+    goal: str,
+    met: bool,
+) -> str:
+    """One row of issue 19's table, printed by a script run with ``--issue19`` and collected by
+    ``bench/issue19.py``: ``GOAL|workload|reference figure|our figure|ratio|goal|met``.
+
+    ``reference`` and ``ours`` are human text (e.g. ``"6.6 s CPU, 0.41 GB"``); ``ratio`` is
+    ours / reference in the direction the goal states (``goal`` names the bound, e.g.
+    ``"CPU <= 1.2x"``).
+
+    >>> goal_line("incremental run", "0.9 s", "1.2 s", 1.33, "fixed cost <= 1.5 s", True)
+    'GOAL|incremental run|0.9 s|1.2 s|1.33x|fixed cost <= 1.5 s|met'
+    """
+    cells = [workload, reference, ours, f"{ratio:.2f}x", goal, "met" if met else "not met"]
+    return "GOAL|" + "|".join(c.replace("|", "/") for c in cells)

@@ -5,8 +5,12 @@ The server's ``AuthMiddleware`` checks roles by path prefix (``online_server.aut
 from the ``Authorization`` header. A browser cannot send that header on a link, so the console
 also accepts the same token from an ``HttpOnly``, ``SameSite=Strict`` cookie, set by
 ``POST /ui/login`` (a JSON body, which the body guard requires) and checked here against the
-same ``TokenAuth``: expiry and revocations apply to the cookie as to the header. With no tokens
-configured nothing is checked (the server then listens on loopback only).
+same ``TokenAuth``: expiry and revocations apply to the cookie as to the header.
+
+With no tokens configured the server listens on loopback only, and no credential is checked;
+the ``Host`` header must then name a loopback address (``localhost``, 127.0.0.0/8, ``::1``).
+Without that check a page in the same browser could read the console through DNS rebinding: its
+own name, re-pointed at 127.0.0.1, would reach the server with the page's name as ``Host``.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ def check(request: Request, *, cookie: bool) -> None:
     credential derived from the token (``TokenAuth.session_of``), never the token itself."""
     auth = auth_of(request)
     if auth is None or not auth.enabled:
+        check_host(request)
         return
     token = token_of(request)
     session = request.cookies.get(COOKIE) if cookie and token is None else None
@@ -57,3 +62,17 @@ def check(request: Request, *, cookie: bool) -> None:
         raise AccessDenied(401, verdict.message, verdict.hint)
     if ROLE not in verdict:
         raise AccessDenied(403, f"this token lacks the `{ROLE}` role", f"use a token with the `{ROLE}` role")
+
+
+def check_host(request: Request) -> None:
+    """Raise ``AccessDenied`` (403) unless the request's ``Host`` names a loopback address: the
+    guard against DNS rebinding where no token is asked for."""
+    from featurestore.hosts import is_loopback
+
+    host = request.url.hostname or ""
+    if not is_loopback(host):
+        raise AccessDenied(
+            403,
+            f"refusing Host `{host[:100]}`: with no tokens the console answers only on a loopback address",
+            "open it as http://127.0.0.1:PORT/ui/ (or localhost), or configure server.tokens",
+        )

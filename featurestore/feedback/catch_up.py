@@ -148,7 +148,7 @@ def rebuild_version(context: ServiceContext, model: str, version: int) -> CatchU
     from featurestore.models.artifacts import restore_version
     from registry import tables as t
 
-    restore_version(context, model, version)
+    restore_version(context, model, version, lost=True)  # the layout key may have survived its users
     log = FeedbackLog(context.engine, context.project)
     cutoff = datetime.now(timezone.utc) - timedelta(seconds=CATCH_UP_AFTER_SECONDS)
     f = t.feedback

@@ -15,19 +15,32 @@ maintenance thread) reads the epoch marker (``featurestore.online.epoch``):
   cannot be rebuilt from here: they are reported until a materialization run writes them again.
   A missing marker with the content still there (a store written before markers existed) is not
   a loss: the marker is simply created.
+- **one shard of several gone** (a Redis Cluster primary restarted empty with its replica): the
+  marker's copies, one per bucket and so on every shard (``epoch.copy_keys``), tell. A missing
+  copy, or copies present while the marker is gone, is a loss like the above: the content left
+  on the other shards does not make the store look written.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from featurestore.feedback.catch_up import rebuild_version
 from featurestore.models.state_store import ModelStateStore
-from featurestore.online.epoch import Epoch, ensure_epoch, read_epoch
+from featurestore.online.epoch import (
+    Epoch,
+    copies_present,
+    copy_keys,
+    ensure_epoch,
+    missing_copies,
+    new_epoch,
+    read_epoch,
+    replace_epoch,
+)
 from featurestore.online.memory import MemoryOnlineStore
 
 if TYPE_CHECKING:
@@ -89,6 +102,7 @@ class OnlineStoreGuard:
         if marker is None:
             marker = self._missing()
         else:
+            marker = self._check_copies(marker)
             # A model's states can also go alone (a full materialization after the loss
             # recreated the marker first, an eviction): its layout key is written last.
             for model, version in sorted(self.context.watcher.snapshot.active_models.items()):
@@ -109,18 +123,41 @@ class OnlineStoreGuard:
         online = context.online_store
         present = any(ts is not None for ts in online.newest_event_ts(sorted(views)).values()) if views else False
         present = present or any(ModelStateStore(online, m, v).exists() for m, v in models.items())
-        lost = bool(views or models) and not present
+        # Copies on other shards: the marker was there, and its shard lost it with the rest of
+        # its data, whatever the other shards still hold.
+        lost = copies_present(online) or (bool(views or models) and not present)
         marker, created = ensure_epoch(online, after_loss=lost)
         if created and lost:
-            self.losses += 1
-            self._seen = marker.epoch  # counted here, not again in check()
-            logger.warning(
-                "the online store lost its data (epoch marker gone, %d view(s) and %d model(s) "
-                "recorded): rebuilding the model states from the feedback log", len(views), len(models),
-            )
-            for model, version in sorted(models.items()):
-                self._rebuild(model, version)
+            self._lost(marker, "epoch marker gone", models)
         return marker
+
+    def _check_copies(self, marker: Epoch) -> Epoch:
+        """On a store of several shards: a shard that lost its data alone took copies with it."""
+        online = self.context.online_store
+        keys = copy_keys(online)
+        if not keys:
+            return marker
+        if marker.spread != len(keys):
+            # Written before copies existed (or for another count): give it its copies; no loss.
+            replace_epoch(online, marker, replace(marker, spread=len(keys)))
+            return read_epoch(online) or marker
+        gone = missing_copies(online)
+        if not gone:
+            return marker
+        lost = new_epoch(online, after_loss=True)
+        if not replace_epoch(online, marker, lost):
+            return read_epoch(online) or marker  # another process found it first
+        self._lost(lost, f"{gone} of {len(keys)} epoch marker copies gone: a shard lost its data",
+                   dict(self.context.watcher.snapshot.active_models))
+        return lost
+
+    def _lost(self, marker: Epoch, why: str, models: dict[str, int]) -> None:
+        self.losses += 1
+        self._seen = marker.epoch  # counted here, not again in check()
+        logger.warning("the online store lost its data (%s, %d model(s) active): rebuilding the model states "
+                       "from the feedback log", why, len(models))
+        for model, version in sorted(models.items()):
+            self._rebuild(model, version)
 
     def _rebuild(self, model: str, version: int) -> None:
         result = rebuild_version(self.context, model, version)

@@ -86,16 +86,18 @@ def read_artifact(directory: Path) -> tuple[dict[str, Any], ModelLayout, np.ndar
     return manifest, layout, np.asarray(manifest["average"], dtype=np.float64), states
 
 
-def restore_version(context: ServiceContext, model: str, version: int) -> bool:
+def restore_version(context: ServiceContext, model: str, version: int, *, lost: bool = False) -> bool:
     """Make sure a version's state is in the online store, reloading it from its artifact when
-    it is not (e.g. Redis was flushed). True when it had to be restored.
+    it is not (e.g. Redis was flushed). True when it had to be restored. ``lost``: restore
+    even though the version's layout key is there (one shard of a cluster lost its data: the
+    layout key may have been on another shard than the users that went).
 
     The trained states alone would drop the feedback learned since training. So the version's
     feedback rows are first flagged pending again (durably: a crash from here on loses
     nothing), and the catch-up (``feedback.catch_up``) rebuilds every such user from the log;
     the trained states are written only where no state is stored, never over a rebuilt one."""
     states = ModelStateStore(context.online_store, model, version)
-    if states.exists():
+    if not lost and states.exists():
         return False
     f = t.feedback
     with context.engine.begin() as conn:

@@ -134,6 +134,13 @@ class OnlineStore(ABC):
         """Delete every blob of a namespace; returns how many were deleted."""
         self._unimplemented("delete_namespace")
 
+    def spread_keys(self, key: bytes) -> list[bytes]:
+        """Blob keys derived from ``key`` that together land on every shard of this store: a
+        marker written under each of them is lost with any one shard, so a check can notice
+        that one shard of several lost its data (``featurestore.online.epoch``). ``[key]`` for a
+        store on one node."""
+        return [bytes(key)]
+
     def compare_and_swap_blobs(
         self, namespace: str, swaps: Mapping[bytes, tuple[bytes | None, bytes]]
     ) -> list[bytes]:

@@ -24,6 +24,7 @@ Every command here is safe to repeat except the swap, as for the single-Redis st
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from binascii import crc_hqx
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -371,6 +372,12 @@ class RedisClusterOnlineStore(RedisOnlineStore):
                 deleted += client.unlink(*batch)
         return deleted
 
+    def spread_keys(self, key: bytes) -> list[bytes]:
+        """One key per bucket (``key@<bucket>.<n>``, the first ``n`` whose blob key lands in that
+        bucket): the 64 buckets cover every primary's slots, so a marker under each is lost with
+        any one shard."""
+        return list(_spread_keys(bytes(key)))
+
     def compare_and_swap_blobs(
         self, namespace: str, swaps: Mapping[bytes, tuple[bytes | None, bytes]]
     ) -> list[bytes]:
@@ -466,3 +473,14 @@ def _check_url(url: str) -> None:
             f"online_store.url {redact(url)!r} names database {params['db']}; a Redis Cluster has only database 0",
             hint="drop the database from the URL",
         )
+
+
+@functools.lru_cache(maxsize=8)
+def _spread_keys(key: bytes) -> tuple[bytes, ...]:
+    out = []
+    for bucket in range(BUCKETS):
+        n = 0
+        while crc_hqx(b"%s@%d.%d" % (key, bucket, n), 0) % BUCKETS != bucket:
+            n += 1
+        out.append(b"%s@%d.%d" % (key, bucket, n))
+    return tuple(out)

@@ -21,7 +21,7 @@ from featurestore.online.redis_keys import key_slot
 from online_server import create_app
 from tests.conftest import delete_redis_cluster_project
 from tests.velox.conftest import ITEMS, item_vec, key
-from tests.velox_feedback.conftest import DEFS, trained_store
+from tests.velox_feedback.conftest import DEFS, state, trained_store
 
 pytestmark = pytest.mark.integration
 
@@ -153,3 +153,77 @@ def test_a_cluster_that_lost_its_data_is_noticed_and_the_states_rebuilt(
     assert ModelStateStore(store.online_store, "taste", 2).exists()
     r = client.post("/predict", json={"model": "taste", "user": {"user_id": 1}, "items": [{"item_id": 1}]})
     assert r.status_code == 200, r.text
+
+
+def _empty_one_primary(url: str, project: str, index: int) -> tuple[int, bool]:
+    """Every key of ``project`` on the ``index``-th primary gone (its replica follows),
+    as when that primary and its replica restart without persistence: (keys deleted, whether
+    the epoch marker itself was among them)."""
+    import redis
+    from redis.cluster import RedisCluster
+
+    cluster = RedisCluster.from_url(url)
+    try:
+        node = sorted(cluster.get_primaries(), key=lambda n: n.port)[index]
+    finally:
+        cluster.close()
+    client = redis.Redis(host=node.host, port=node.port)
+    try:
+        keys = list(client.scan_iter(match=f"{project}:*", count=1_000))
+        marker = any(k.endswith(b":" + EPOCH_NAMESPACE.encode() + b":" + EPOCH_KEY) for k in keys)
+        pipe = client.pipeline(transaction=False)  # a cluster node refuses MULTI over several slots
+        for k in keys:
+            pipe.unlink(k)
+        pipe.execute()
+        return len(keys), marker
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("primary", [0, 1, 2])
+def test_one_shard_that_lost_its_data_is_noticed_and_the_states_rebuilt(
+    client: TestClient, store: FeatureStore, redis_cluster_url: str, primary: int
+) -> None:
+    """One primary of three emptied: the content left on the others must not hide the loss,
+    whether or not the marker itself was on that shard."""
+    assert client.get("/health").json()["status"] == "ok"
+    first = read_epoch(store.online_store)
+    assert first is not None and first.spread == 64
+    client.post("/feedback", json={"model": "taste", "user": {"user_id": 2}, "item": {"item_id": 3}, "label": 4.5})
+    before = {u: state(store, key(u)) for u in range(1, 7)}
+    deleted, had_marker = _empty_one_primary(redis_cluster_url, store.project, primary)
+    assert deleted > 0
+    assert (read_epoch(store.online_store) is None) == had_marker
+    status = store.online_guard.check()
+    assert status.epoch != first.epoch and status.lost_at is not None
+    assert set(status.rebuilt_models) == {"taste", "ctx"}
+    marker = read_epoch(store.online_store)
+    assert marker is not None and marker.after_loss and marker.epoch == status.epoch
+    # Every user's state is back (trained + logged feedback), on every shard. (Item features on
+    # the emptied shard wait for a materialization run, which /health names.)
+    for u, old in before.items():
+        new = state(store, key(u))
+        assert (new.n, new.version) == (old.n, old.version), u
+        np.testing.assert_allclose(new.w, old.w, rtol=1e-9, atol=1e-12)
+    # Another check finds nothing more: the copies are whole again.
+    again = store.online_guard.check()
+    assert again.epoch == status.epoch and store.online_guard.losses == 1
+
+
+def test_a_cluster_marker_written_before_copies_gets_them_and_is_no_loss(
+    client: TestClient, store: FeatureStore
+) -> None:
+    from featurestore.online.epoch import Epoch, copy_keys
+
+    first = read_epoch(store.online_store)
+    assert first is not None
+    old = Epoch(first.epoch, first.created_at, first.after_loss)  # no "spread": an older release's marker
+    store.online_store.put_blobs(EPOCH_NAMESPACE, {EPOCH_KEY: old.encode()})
+    store.online_store.delete_namespace(EPOCH_NAMESPACE)
+    store.online_store.put_blobs(EPOCH_NAMESPACE, {EPOCH_KEY: old.encode()})
+    status = store.online_guard.check()
+    assert status.lost_at is None and status.rebuilt_models == {} and status.epoch == first.epoch
+    upgraded = read_epoch(store.online_store)
+    assert upgraded is not None and upgraded.spread == 64 and upgraded.epoch == first.epoch
+    keys = copy_keys(store.online_store)
+    assert len(keys) == 64 and all(b is not None for b in store.online_store.get_blobs(EPOCH_NAMESPACE, keys))

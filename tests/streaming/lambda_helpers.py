@@ -83,10 +83,13 @@ feature_views:
 """
 
 
-def make_lambda_repo(root: Path, project: str, redis_url: str, online: str = "redis") -> Path:
+def make_lambda_repo(
+    root: Path, project: str, redis_url: str, online: str = "redis", registry: str | None = None
+) -> Path:
     """The repository; ``online`` is ``redis``, ``cluster`` (``redis_url`` is then a node of a
     Redis Cluster, which holds the streams too) or ``embedded`` (the streams and their state are
-    in Redis either way)."""
+    in Redis either way); ``registry`` a database URL (PostgreSQL for the production profile),
+    else SQLite in the repository."""
     stream = f"fs_lambda_{uuid.uuid4().hex[:10]}"
     (root / "features").mkdir(parents=True)
     (root / "data" / "src").mkdir(parents=True)
@@ -96,7 +99,7 @@ def make_lambda_repo(root: Path, project: str, redis_url: str, online: str = "re
         "embedded": "{type: embedded, path: data/online.db}",
     }[online]
     (root / "featurestore.yaml").write_text(
-        f"project: {project}\nregistry: sqlite:///data/registry.db\ndefinitions: [features]\n"
+        f"project: {project}\nregistry: {registry or 'sqlite:///data/registry.db'}\ndefinitions: [features]\n"
         f"offline_store: {{path: data/offline}}\nonline_store: {store}\n"
     )
     url = "" if online in ("redis", "cluster") else f", url: '{redis_url}'"

@@ -67,15 +67,18 @@ def _push(store: FeatureStore, view: str, events: list[dict]) -> None:
         store.push(view, as_push(events[start : start + 200]))
 
 
-@pytest.mark.parametrize("online", ["redis", "embedded"])
+@pytest.mark.parametrize("online", ["redis", "embedded"], ids=["redis+postgresql", "embedded"])
 def test_batch_history_and_stream_tail_equal_one_batch_job(
-    online: str, tmp_path: Path, redis_url: str
+    online: str, tmp_path: Path, redis_url: str, request: pytest.FixtureRequest
 ) -> None:
     """Flows: a batch run over the history before t1 (or none), then the stream job over the
     tail (and a random part of the history again: a stream sees everything), then maybe a
     second batch run over everything before t2 while the stream job is a few micro-batches
     behind and only part of the tail has arrived; kill points anywhere in the stream job, and
     a batch run that dies between staging its panes and publishing them."""
+
+    # The production profile: Redis online, PostgreSQL registry (one schema, a project per example).
+    registry = request.getfixturevalue("postgres_url") if online == "redis" else None
 
     @settings(max_examples=12, deadline=None, database=None)
     @given(
@@ -136,7 +139,7 @@ def test_batch_history_and_stream_tail_equal_one_batch_job(
             rng.shuffle(tail)
         project = "t" + uuid.uuid4().hex[:12]
         repo = make_lambda_repo(
-            Path(tempfile.mkdtemp(dir=tmp_path)) / "repo", project, redis_url, online
+            Path(tempfile.mkdtemp(dir=tmp_path)) / "repo", project, redis_url, online, registry
         )
         store = FeatureStore(repo)
         try:
@@ -352,9 +355,9 @@ def test_no_batch_run_changes_nothing(tmp_path: Path, redis_url: str, unique_pro
 
 
 
-@pytest.mark.parametrize("online", ["redis", "embedded"])
+@pytest.mark.parametrize("online", ["redis", "embedded"], ids=["redis+postgresql", "embedded"])
 def test_a_first_hand_over_with_a_start_keeps_the_stream_jobs_earlier_counts(
-    online: str, tmp_path: Path, redis_url: str, unique_project: str, tidy: list
+    online: str, tmp_path: Path, redis_url: str, unique_project: str, tidy: list, request: pytest.FixtureRequest
 ) -> None:
     """A stream-only period, then a first batch run with a start inside it (review finding
     1c). While the run does not read back to the panes the stream job still reads, B stays
@@ -363,7 +366,8 @@ def test_a_first_hand_over_with_a_start_keeps_the_stream_jobs_earlier_counts(
     its start, not the earlier ones."""
     start = us(datetime.now(UTC)) - 50 * MIN
     events = make_lambda_events(13, 80, start, 30 * MIN)
-    repo = make_lambda_repo(tmp_path / "repo", unique_project, redis_url, online)
+    registry = request.getfixturevalue("postgres_url") if online == "redis" else None
+    repo = make_lambda_repo(tmp_path / "repo", unique_project, redis_url, online, registry)
     tidy.append((unique_project, repo))
     store = FeatureStore(repo)
     store.apply()

@@ -45,11 +45,12 @@ import numpy as np
 import pyarrow as pa
 
 import featurestore.feedback.service as feedback_module
-from bench._common import OUT, delete_redis_project, percentile, run_wrk
+from bench._common import OUT, delete_redis_project, peak_rss_mb, percentile, run_wrk
 from bench.bench_online import free_port, wait_up
 from bench.bench_predict import DEFS
 from featurestore import FeatureStore
 from featurestore.feedback import FeedbackInput
+from featurestore.feedback.log import Observation
 from featurestore.models.state_codec import BatchStateCodec
 from featurestore.models.linear import UserState
 from featurestore.models.state_store import ModelLayout, ModelStateStore
@@ -58,6 +59,7 @@ from featurestore.online.codec import ValueCodec, encode_entity_keys
 D = 16
 POSTGRES = os.environ.get("FEATURESTORE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 BATCH_GOAL, SINGLE_US, BATCH_US = 10_000.0, 20.0, 5.0
+LOG_MODEL = "bench_log"  # the log-alone rows: a model name no server learns or catches up
 
 
 # -- setup ------------------------------------------------------------------------------------------
@@ -171,41 +173,80 @@ def in_process(store: FeatureStore, users: int, items: int, size: int, total: in
     }
 
 
-# -- the plain insert ------------------------------------------------------------------------------
+# -- the reference: plain psycopg into a copy of the log table ---------------------------------------
+
+
+def log_observations(prefix: str, n: int, users: int, items: int, seed: int) -> list[Observation]:
+    """Rows as the service logs them (x included), for the log write alone and the reference."""
+    rng = np.random.default_rng(seed)
+    u, i, y = rng.integers(1, users + 1, n), rng.integers(1, items + 1, n), rng.uniform(1, 5, n)
+    X = rng.normal(size=(n, D))
+    ts = datetime.now(timezone.utc)
+    return [Observation(f"{prefix}{k}", LOG_MODEL, 1, str(int(u[k])), str(int(i[k])), float(y[k]), X[k], ts,
+                        None, 3.0, 3.1, "known") for k in range(n)]
+
+
+def plain_rows(obs: list[Observation], project: str) -> list[tuple]:
+    """The same rows as tuples (the reference's own input; building them is not timed)."""
+    now = datetime.now(timezone.utc)
+    return [(project, o.feedback_id, o.model, o.model_version, o.user_key, o.item_key, o.label, o.prediction_id,
+             o.features.tobytes(), o.prediction, o.baseline, o.slice, o.event_ts, now, True) for o in obs]
+
+
+_PLAIN_COLS = ("project, feedback_id, model, model_version, user_key, item_key, label, prediction_id, features, "
+               "prediction, baseline, slice, event_ts, received_at, pending")
+_PLAIN_TYPES = ["text", "text", "text", "int4", "text", "text", "float8", "text", "bytea", "float8", "float8", "text",
+                "timestamptz", "timestamptz", "bool"]
+
+
+class Plain:
+    """The durability floor: a plain psycopg connection writing the same rows into ``bench_plain``
+    (``LIKE fs_feedback INCLUDING ALL``: same columns, indexes, unique constraint, sequence).
+    ``copy`` is one binary COPY + COMMIT per batch; ``insert`` one INSERT + COMMIT per row."""
+
+    def __init__(self, registry: str) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(registry.replace("postgresql+psycopg://", "postgresql://"))
+        self.conn.execute("DROP TABLE IF EXISTS bench_plain")
+        self.conn.execute("CREATE TABLE bench_plain (LIKE fs_feedback INCLUDING ALL)")
+        self.conn.commit()
+
+    def copy(self, rows: list[tuple]) -> None:
+        with self.conn.cursor() as cur:
+            with cur.copy(f"COPY bench_plain ({_PLAIN_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(_PLAIN_TYPES)
+                for row in rows:
+                    copy.write_row(row)
+        self.conn.commit()
+
+    def insert(self, rows: list[tuple]) -> None:
+        with self.conn.cursor() as cur:
+            cur.executemany(f"INSERT INTO bench_plain ({_PLAIN_COLS}) VALUES ({', '.join(['%s'] * 15)}) "
+                            "ON CONFLICT DO NOTHING", rows)
+        self.conn.commit()
+
+    def close(self) -> None:
+        self.conn.execute("DROP TABLE bench_plain")
+        self.conn.commit()
+        self.conn.close()
 
 
 def plain_insert(registry: str, size: int, total: int, users: int, items: int) -> dict[str, float]:
-    """The same rows (x included) into a copy of fs_feedback with psycopg, one commit per request."""
-    import psycopg
-
-    url = registry.replace("postgresql+psycopg://", "postgresql://")
-    rng = np.random.default_rng(size)
-    now = datetime.now(timezone.utc)
-    rows = [
-        ("bench_feedback", f"plain{size}-{k}", "taste", 1, str(int(rng.integers(1, users + 1))),
-         str(int(rng.integers(1, items + 1))), float(rng.uniform(1, 5)), None, rng.normal(size=D).astype("<f8").tobytes(),
-         3.0, 3.1, "known", now, now)
-        for k in range(total)
-    ]
-    sql = (
-        "INSERT INTO bench_plain (project, feedback_id, model, model_version, user_key, item_key, label, "
-        "prediction_id, features, prediction, baseline, slice, event_ts, received_at) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
-    )
+    """The same rows into a copy of fs_feedback with psycopg, one COPY (or, one per request, an
+    INSERT) and one commit per request."""
+    plain = Plain(registry)
+    rows = plain_rows(log_observations(f"plain{size}-", total, users, items, seed=size), "bench_feedback")
     samples = []
-    with psycopg.connect(url) as conn:
-        conn.execute("DROP TABLE IF EXISTS bench_plain")
-        conn.execute("CREATE TABLE bench_plain (LIKE fs_feedback INCLUDING ALL)")
-        conn.commit()
+    try:
         t0 = time.perf_counter()
         for lo in range(0, total, size):
             s = time.perf_counter()
-            with conn.cursor() as cur:
-                cur.executemany(sql, rows[lo : lo + size])
-            conn.commit()
+            (plain.insert if size == 1 else plain.copy)(rows[lo : lo + size])
             samples.append(time.perf_counter() - s)
         elapsed = time.perf_counter() - t0
-        conn.execute("DROP TABLE bench_plain")
+    finally:
+        plain.close()
     return {"rate": total / elapsed, "p50": percentile(samples, 50) * 1e3, "p99": percentile(samples, 99) * 1e3}
 
 
@@ -291,6 +332,137 @@ def visibility(port: int, store: FeatureStore, users: int, trials: int = 200) ->
     return {"trials": trials, "seen": seen, "p50": percentile(lag, 50) * 1e3, "p99": percentile(lag, 99) * 1e3}
 
 
+# -- issue 19: the log write beside a plain COPY, interleaved -----------------------------------------
+
+
+def _timed(run: Callable[[], object]) -> tuple[float, float]:
+    """(wall, CPU of this process) seconds of ``run()``."""
+    w, c = time.perf_counter(), time.process_time()
+    run()
+    return time.perf_counter() - w, time.process_time() - c
+
+
+def _paired(ref: Callable[[list], object], ref_rows: list, ours: Callable[[list], object], our_rows: list,
+            step: int, runs: dict[str, list[tuple[float, float, int]]], ours_case: str) -> tuple[float, float, int]:
+    """Calls of ``ref`` and ``ours`` alternating, ``step`` rows each; appends ours to
+    ``runs[ours_case]`` and returns the reference's (wall, CPU, rows)."""
+    totals = [0.0, 0.0, 0.0, 0.0]
+    for lo in range(0, len(ref_rows), step):
+        wall, cpu = _timed(lambda: ref(ref_rows[lo : lo + step]))
+        totals[0] += wall
+        totals[1] += cpu
+        wall, cpu = _timed(lambda: ours(our_rows[lo : lo + step]))
+        totals[2] += wall
+        totals[3] += cpu
+    runs[ours_case].append((totals[2], totals[3], len(our_rows)))
+    return totals[0], totals[1], len(ref_rows)
+
+
+def issue19(store: FeatureStore, root: Path, registry: str, users: int, items: int, rounds: int,
+            seconds: int, size: int, log_rows: int, single_rows: int, service_obs: int) -> None:
+    """Per round: plain COPY and our log write (batches of ``size``) alternating call by call,
+    plain INSERT and our log write one row per commit likewise, then FeedbackService in
+    process, then HTTP under wrk. Ratios are per round (paired), their median printed; obs/s
+    and CPU per observation are the best round of each."""
+    from bench._common import goal_line, median_ratio, round_ratios, tree_cpu_seconds, tree_peak_rss_mb
+    from featurestore.feedback.log import FeedbackLog
+
+    plain = Plain(registry)
+    log = FeedbackLog(store.context.engine, store.project)
+    service = store.feedback_service
+    runs: dict[str, list[tuple[float, float, int]]] = defaultdict(list)  # wall, cpu, observations
+
+    def batches(write: Callable[[list], object], rows: list, step: int) -> Callable[[], None]:
+        return lambda: [write(rows[lo : lo + step]) for lo in range(0, len(rows), step)]  # type: ignore[func-returns-value]
+
+    # Warm-up: the log's sequence lookup, the service's caches, the pools.
+    log.append_seqs(log_observations("warm-", size, users, items, 99))
+    plain.copy(plain_rows(log_observations("warmp-", size, users, items, 98), store.project))
+    warm = observations("warm-svc-", size * 2, users, items, 97)
+    batches(service.submit, warm, size)()
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+               FEATURESTORE_FEEDBACK_FLUSH_SECONDS="0", FEATURESTORE_FEEDBACK_CHECK_SECONDS="0")
+    port = free_port()
+    cmd = [sys.executable, "-m", "featurestore.cli.main", "-r", str(root), "serve", "--port", str(port), "--workers", "1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_up(port)
+        time.sleep(1.0)
+        run_wrk(port, lua(OUT / "i19_warm.lua", size, users, items, f"i19w-{uuid.uuid4().hex[:8]}-"), 2, 2)
+        for r in range(rounds):
+            tag = f"{r}-{uuid.uuid4().hex[:6]}-"
+            # The log write and its reference alternate call by call, so a burst of other work on
+            # the machine slows both alike.
+            rows = plain_rows(log_observations(f"ref{tag}", log_rows, users, items, r), store.project)
+            obs = log_observations(f"log{tag}", log_rows, users, items, r)
+            runs["copy"].append(_paired(plain.copy, rows, log.append_seqs, obs, size, runs, "log"))
+            rows = plain_rows(log_observations(f"ref1{tag}", single_rows, users, items, r), store.project)
+            obs = log_observations(f"log1{tag}", single_rows, users, items, r)
+            runs["insert1"].append(_paired(plain.insert, rows, log.append_seqs, obs, 1, runs, "log1"))
+            inputs = observations(f"svc{tag}", service_obs, users, items, 100 + r)
+            runs["service"].append((*_timed(batches(service.submit, inputs, size)), service_obs))
+            before = tree_cpu_seconds(proc.pid)
+            mid = log.count("taste")
+            result = run_wrk(port, lua(OUT / "i19.lua", size, users, items, f"i19{tag}"), seconds, 2)
+            logged = log.count("taste") - mid
+            runs["http"].append((seconds, tree_cpu_seconds(proc.pid) - before, logged))
+            print(f"  round {r}: copy {log_rows / runs['copy'][-1][0]:,.0f}, log {log_rows / runs['log'][-1][0]:,.0f}, "
+                  f"insert1 {single_rows / runs['insert1'][-1][0]:,.0f}, log1 {single_rows / runs['log1'][-1][0]:,.0f}, "
+                  f"service {service_obs / runs['service'][-1][0]:,.0f}, HTTP {logged / seconds:,.0f} obs/s "
+                  f"(wrk {result['rps'] * size:,.0f}, p50 {result['p50']:.1f} ms)", flush=True)
+        server_rss = tree_peak_rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        plain.close()
+        log.close()
+
+    def rate(case: str) -> list[float]:
+        return [n / wall for wall, _, n in runs[case]]
+
+    def cpu_us(case: str) -> float:
+        return min(c / n for _, c, n in runs[case]) * 1e6
+
+    def time_ratio(ours: str, ref: str) -> float:  # ours / ref in time per observation
+        return median_ratio([1 / x for x in rate(ours)], [1 / x for x in rate(ref)])
+
+    rss = peak_rss_mb()
+    print(f"\n  {'case (best round; CPU per observation, best round)':58} {'obs/s':>10} {'CPU µs/obs':>11}")
+    for case, what in (("copy", f"reference: plain COPY + COMMIT, {size}/commit"),
+                       ("log", f"ours: FeedbackLog.append_seqs, {size}/call"),
+                       ("insert1", "reference: plain INSERT + COMMIT, 1/commit"),
+                       ("log1", "ours: FeedbackLog.append_seqs, 1/call"),
+                       ("service", f"ours: FeedbackService.submit in process, {size}/call"),
+                       ("http", f"ours: HTTP POST /feedback, {size}/request, 1 worker (server CPU)")):
+        print(f"  {what:58} {max(rate(case)):>10,.0f} {cpu_us(case):>11.1f}")
+    print(f"  peak RSS: this process (reference, log, service) {rss:,.0f} MB; server {server_rss:,.0f} MB")
+    print(f"  log/COPY time ratio per round {round_ratios([1 / x for x in rate('log')], [1 / x for x in rate('copy')])}; "
+          f"log1/INSERT {round_ratios([1 / x for x in rate('log1')], [1 / x for x in rate('insert1')])}")
+    copy_best, log_ratio = max(rate("copy")), time_ratio("log", "copy")
+    http_best, service_best = max(rate("http")), max(rate("service"))
+    print(goal_line("feedback log write alone, PostgreSQL, batches of %d, in process" % size,
+                    f"plain COPY + COMMIT {copy_best:,.0f} obs/s", f"{max(rate('log')):,.0f} obs/s, "
+                    f"{cpu_us('log'):.1f} µs CPU/obs (COPY {cpu_us('copy'):.1f})", log_ratio,
+                    "time <= 1.5x COPY", log_ratio <= 1.5))
+    print(goal_line("feedback log write alone, PostgreSQL, 1 per commit, in process",
+                    f"plain INSERT + COMMIT {max(rate('insert1')):,.0f} obs/s", f"{max(rate('log1')):,.0f} obs/s",
+                    time_ratio("log1", "insert1"), "time <= 1.5x INSERT", time_ratio("log1", "insert1") <= 1.5))
+    print(goal_line(f"durable feedback in process (FeedbackService), batches of {size}",
+                    f"plain COPY + COMMIT {copy_best:,.0f} obs/s", f"{service_best:,.0f} obs/s, "
+                    f"{cpu_us('service'):.0f} µs CPU/obs, {rss:,.0f} MB peak", time_ratio("service", "copy"),
+                    ">= 20,000 obs/s batched", service_best >= 20_000))
+    print(goal_line(f"durable feedback over HTTP, PostgreSQL log, 1 worker, batches of {size}",
+                    f"plain COPY + COMMIT {copy_best:,.0f} obs/s", f"{http_best:,.0f} obs/s, "
+                    f"server {cpu_us('http'):.0f} µs CPU/obs, {server_rss:,.0f} MB peak",
+                    median_ratio([1 / x for x in rate("http")], [1 / x for x in rate("copy")]),
+                    ">= 20,000 obs/s batched", http_best >= 20_000))
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 
@@ -307,6 +479,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=None)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--no-http", action="store_true")
+    parser.add_argument("--issue19", action="store_true",
+                        help="only issue 19's rows: the log write beside a plain COPY, the service, HTTP (interleaved)")
+    parser.add_argument("--rounds", type=int, default=3, help="--issue19: interleaved rounds")
+    parser.add_argument("--size", type=int, default=500, help="--issue19: observations per call/request")
     args = parser.parse_args()
     users, items = (10_000, 2_000) if args.quick else (100_000, 10_000)
     seconds = args.seconds or (3 if args.quick else 8)
@@ -325,6 +501,13 @@ def main() -> None:
         store = build(root, registry, args.redis_url, users, items)
         print(f"feedback: {users:,} users with trained states (d = {D}), {items:,} items; log in PostgreSQL "
               f"(schema {schema}), states in Redis at {args.redis_url}; loaded in {time.perf_counter() - started:.1f} s")
+        if args.issue19:
+            issue19(store, root, registry, users, items, args.rounds, seconds, args.size,
+                    log_rows=20_000 if args.quick else 50_000, single_rows=300 if args.quick else 1_000,
+                    service_obs=10_000 if args.quick else 30_000)
+            store.predictor.close()
+            store.close()
+            return
         single_maths, batch_maths = maths()
         local = {size: in_process(store, users, items, size, total)
                  for size, total in ((1, 1_000 if args.quick else 3_000), (500, 20_000 if args.quick else 100_000))}
@@ -339,7 +522,7 @@ def main() -> None:
         admin.dispose()
         delete_redis_project(args.redis_url, "bench_feedback")
 
-    print(f"\n  {'case':46} {'obs/s':>10} {'p50 ms':>8} {'p99 ms':>8}   reference: plain psycopg insert, same rows")
+    print(f"\n  {'case':46} {'obs/s':>10} {'p50 ms':>8} {'p99 ms':>8}   reference: plain psycopg COPY (1/request: INSERT), same rows")
     for size in (1, 500):
         ref = plain[size]
         if size in http:

@@ -1,10 +1,12 @@
 """The durable feedback log: every accepted observation, before it is acknowledged.
 
 The log lives in the registry database (table ``fs_feedback``): the embedded SQLite file by
-default, PostgreSQL in production, written there through psycopg directly (one
-``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING RETURNING`` per batch). It is
-idempotent on ``feedback_id``: a retried request records nothing twice, and ``append`` says
-which observations were new so only those update the online state. Online model state is
+default, PostgreSQL in production, written there through psycopg directly: a batch is one
+binary ``COPY`` then its seqs read back with the commit (two round trips, as a plain COPY +
+COMMIT); a single observation, or a batch holding an id already logged, one ``INSERT ... SELECT
+FROM unnest(...) ON CONFLICT DO NOTHING RETURNING`` and the commit. It is idempotent on
+``feedback_id``: a retried request records nothing twice, and ``append`` says which
+observations were new so only those update the online state. Online model state is
 derived from this log (``featurestore models replay`` rebuilds it), so losing Redis loses nothing.
 
 Every row is written ``pending``; the writer clears the flag once the update is in the online
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -69,6 +72,25 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
+_F8 = np.dtype("<f8")
+#: Batches of this many rows or more are COPYed; fewer take the INSERT (its unnest costs the
+#: server more per row, the COPY a statement more per batch: bench/bench_feedback.py --issue19).
+COPY_FROM_ROWS = 8
+# The PostgreSQL write: the columns of fs_feedback (all but seq) and their types, in row order.
+_PG_COLUMNS = ("project", "feedback_id", "model", "model_version", "user_key", "item_key", "label",
+               "prediction_id", "features", "prediction", "baseline", "slice", "event_ts", "received_at",
+               "pending")
+_PG_TYPES = ("text", "text", "text", "int4", "text", "text", "float8", "text", "bytea", "float8",
+             "float8", "text", "timestamptz", "timestamptz", "bool")
+_PG_COPY = f"COPY fs_feedback ({', '.join(_PG_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+_PG_SEQS = "SELECT feedback_id, seq FROM fs_feedback WHERE project = %s AND feedback_id = ANY(%s)"
+_PG_INSERT = (
+    f"INSERT INTO fs_feedback ({', '.join(_PG_COLUMNS)}) "
+    f"SELECT * FROM unnest({', '.join(f'%b::{ty}[]' for ty in _PG_TYPES)}) "
+    "ON CONFLICT (project, feedback_id) DO NOTHING RETURNING feedback_id, seq"
+)
+
+
 class FeedbackLog:
     """Append-only, idempotent log of observations for one project.
 
@@ -81,6 +103,7 @@ class FeedbackLog:
         self.engine = engine
         self.project = project
         self._marks = _MarkQueue(self._clear)
+        self._writers = _Writers(engine)
 
     def append(self, observations: Sequence[Observation]) -> list[bool]:
         """Record ``observations`` durably (committed when this returns); for each, True if it
@@ -166,30 +189,91 @@ class FeedbackLog:
         return seqs
 
     def _append_postgres(self, observations: Sequence[Observation], now: datetime) -> dict[str, int]:
-        rows = self._rows(observations, now)
-        cols = ["project", "feedback_id", "model", "model_version", "user_key", "item_key", "label",
-                "prediction_id", "features", "prediction", "baseline", "slice", "event_ts", "received_at",
-                "pending"]
-        types = ["text", "text", "text", "int", "text", "text", "float8", "text", "bytea", "float8",
-                 "float8", "text", "timestamptz", "timestamptz", "bool"]
-        sql = (
-            f"INSERT INTO fs_feedback ({', '.join(cols)}) "
-            f"SELECT * FROM unnest({', '.join(f'%b::{ty}[]' for ty in types)}) "
-            "ON CONFLICT (project, feedback_id) DO NOTHING RETURNING feedback_id, seq"
-        )
-        params = [[r[c] for r in rows] for c in cols]
-        raw = self.engine.raw_connection()
-        try:
-            with raw.cursor() as cur:
-                cur.execute(sql, params)
-                inserted = {row[0]: int(row[1]) for row in cur.fetchall()}
-            raw.commit()
-        except BaseException:
-            raw.rollback()
-            raise
-        finally:
-            raw.close()
-        return inserted
+        """A batch is COPYed straight into the table, then its seqs are read back and the
+        transaction committed in one pipelined round trip: two round trips, as a plain COPY +
+        COMMIT. A feedback_id already logged (a retry) fails the COPY on the unique constraint:
+        nothing of it is kept, and the batch goes through ``INSERT ... ON CONFLICT DO NOTHING
+        RETURNING``, which records the new ids only. A single observation takes that INSERT
+        at once. Seqs follow the order of ``observations`` either way (replay's order).
+
+        The connection is one of the log's own (``_Writers``), reused without the pool's ping
+        per checkout; a reused one found broken before the commit was sent (so nothing of the
+        batch can be in the table) is dropped and the batch written again on a new one."""
+        import psycopg
+
+        rows = self._pg_rows(observations, now)
+        for attempt in (0, 1):
+            raw, reused = self._writers.get()
+            committing = False
+            try:
+                copied = False
+                if len(rows) >= COPY_FROM_ROWS:
+                    try:
+                        self._copy_postgres(raw, rows)
+                        copied = True
+                    except psycopg.errors.UniqueViolation:
+                        raw.rollback()
+                if copied:
+                    committing = True
+                    inserted = self._commit_copied(raw, rows)
+                else:
+                    inserted = self._insert_postgres(raw, rows)
+                    committing = True
+                    raw.commit()
+            except psycopg.OperationalError as exc:
+                self._writers.drop(raw)
+                if reused and attempt == 0 and not committing:
+                    logger.debug("feedback log connection was broken (%s); writing on a new one", exc)
+                    continue
+                raise sa.exc.OperationalError("writing fs_feedback", None, exc) from None
+            except BaseException:
+                self._writers.release(raw, rollback=True)
+                raise
+            self._writers.release(raw)
+            return inserted
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def _pg_rows(self, observations: Sequence[Observation], now: datetime) -> list[tuple]:
+        """The rows in ``_PG_COLUMNS`` order, one per distinct feedback_id (its first)."""
+        rows: list[tuple] = []
+        seen: set[str] = set()
+        project = self.project
+        for o in observations:
+            fid = o.feedback_id
+            if fid in seen:
+                continue
+            seen.add(fid)
+            x = o.features
+            if not (isinstance(x, np.ndarray) and x.dtype == _F8 and x.flags.c_contiguous):
+                x = np.ascontiguousarray(x, dtype=_F8)
+            rows.append((
+                project, fid, o.model, int(o.model_version), o.user_key, o.item_key, float(o.label), o.prediction_id,
+                x.tobytes(), o.prediction, o.baseline, o.slice, _utc(o.event_ts), now, True,
+            ))
+        return rows
+
+    def _copy_postgres(self, raw: Any, rows: list[tuple]) -> None:
+        with raw.cursor() as cur:
+            with cur.copy(_PG_COPY) as copy:
+                copy.set_types(_PG_TYPES)
+                write = copy.write_row
+                for row in rows:
+                    write(row)
+
+    def _commit_copied(self, raw: Any, rows: list[tuple]) -> dict[str, int]:
+        """The seqs the COPY drew (in row order: a column default is evaluated row by row), read
+        in the transaction, and the commit, in one round trip."""
+        with raw.cursor() as cur:
+            with raw.pipeline():
+                cur.execute(_PG_SEQS, (self.project, [row[1] for row in rows]))
+                raw.commit()
+            return {fid: int(seq) for fid, seq in cur.fetchall()}
+
+    def _insert_postgres(self, raw: Any, rows: list[tuple]) -> dict[str, int]:
+        params = [list(column) for column in zip(*rows)]
+        with raw.cursor() as cur:
+            cur.execute(_PG_INSERT, params)
+            return {fid: int(seq) for fid, seq in cur.fetchall()}
 
     def mark_applied(self, seqs: Sequence[int], *, wait: bool = True) -> None:
         """Clear the pending flag of the rows ``seqs`` once their update is in the online state.
@@ -212,6 +296,7 @@ class FeedbackLog:
 
     def close(self) -> None:
         self._marks.close()
+        self._writers.close()
 
     def _clear(self, seqs: list[int]) -> None:
         f = t.feedback
@@ -301,6 +386,67 @@ class FeedbackLog:
             query = query.where(f.c.model_version == model_version)
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
+
+
+class _Writers:
+    """The PostgreSQL connections ``append`` writes through, each taken from the engine's pool
+    once (pinged then) and kept: the pool pings on every checkout, a round trip as long as the
+    insert of one observation. At most ``KEEP`` idle ones are kept, closed by ``close`` or when
+    the log is collected; a fork starts afresh (psycopg never closes a parent's socket in a
+    child, so the parent's are only forgotten)."""
+
+    KEEP = 8
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._idle: list[Any] = []  # changed in place only: the finalizer holds it
+        self._owner = [os.getpid()]  # the process whose connections ``_idle`` holds
+        weakref.finalize(self, _close_all, self._idle, self._lock, self._owner)
+
+    def get(self) -> tuple[Any, bool]:
+        """(a connection outside any transaction, whether it was used before)."""
+        with self._lock:
+            if self._owner[0] != os.getpid():
+                self._idle.clear()
+                self._owner[0] = os.getpid()
+            if self._idle:
+                return self._idle.pop(), True
+        raw = self.engine.raw_connection()
+        raw.detach()  # ours now: closing it closes the socket, the pool opens others
+        return raw, False
+
+    def release(self, raw: Any, *, rollback: bool = False) -> None:
+        if rollback:
+            try:
+                raw.rollback()
+            except Exception as exc:  # noqa: BLE001 - a connection that cannot roll back is not kept
+                logger.debug("rollback of a feedback log connection failed: %s", exc)
+                self.drop(raw)
+                return
+        with self._lock:
+            if self._owner[0] == os.getpid() and len(self._idle) < self.KEEP:
+                self._idle.append(raw)
+                return
+        self.drop(raw)
+
+    @staticmethod
+    def drop(raw: Any) -> None:
+        try:
+            raw.close()
+        except Exception as exc:  # noqa: BLE001 - already broken; nothing else holds it
+            logger.debug("closing a feedback log connection failed: %s", exc)
+
+    def close(self) -> None:
+        _close_all(self._idle, self._lock, self._owner)
+
+
+def _close_all(idle: list[Any], lock: threading.Lock, owner: list[int]) -> None:
+    with lock:
+        conns = idle[:] if owner[0] == os.getpid() else []  # a child never closes its parent's
+        idle.clear()
+    for raw in conns:
+        _Writers.drop(raw)
 
 
 MARK_INTERVAL = 0.1

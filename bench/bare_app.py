@@ -1,10 +1,16 @@
-"""The reference for the HTTP benchmark: a bare FastAPI endpoint returning a constant."""
+"""The reference for the HTTP benchmark: a bare FastAPI endpoint returning a constant.
+
+``BARE_BODY`` (JSON text) sets the constant: ``bench_online.py --issue19`` passes the body our
+server answered for one entity, so both send the same bytes and encode them per request."""
+
+import json
+import os
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 app = FastAPI()
-CONSTANT = {"features": {"f0": {"values": [0.5], "statuses": ["present"]}}}
+CONSTANT = json.loads(os.environ.get("BARE_BODY") or '{"features": {"f0": {"values": [0.5], "statuses": ["present"]}}}')
 
 
 @app.post("/features")
@@ -22,6 +28,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--fair", action="store_true",
+                        help="workers accept one connection per wake-up (the change proposed for serve: bench/fair_serve.py)")
     args = parser.parse_args()
+    fair = {"loop": "bench.fair_serve:FairAcceptLoop"} if args.fair and args.workers > 1 else {}
     raise SystemExit(serve("bench.bare_app:app", host="127.0.0.1", port=args.port, workers=args.workers,
-                           log_level="warning", access_log=False))
+                           log_level="warning", access_log=False, **fair))

@@ -8,6 +8,7 @@ POST /features (1 entity) under wrk, beside a bare FastAPI endpoint returning a 
     python3 bench/bench_online.py                 # 100,000 entities, redis + embedded, SDK + HTTP
     python3 bench/bench_online.py --quick         # 10,000 entities, fewer calls
     python3 bench/bench_online.py --no-http       # SDK only
+    python3 bench/bench_online.py --issue19       # issue 19's rows: HTTP only, ours vs bare, interleaved
 """
 
 from __future__ import annotations
@@ -29,7 +30,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from bench._common import OUT, delete_redis_project, row, run_wrk, summary_ms  # noqa: E402
+from bench._common import (  # noqa: E402
+    OUT,
+    delete_redis_project,
+    goal_line,
+    median_ratio,
+    round_ratios,
+    row,
+    run_wrk,
+    summary_ms,
+    tree_cpu_seconds,
+    tree_peak_rss_mb,
+)
 from featurestore import FeatureStore  # noqa: E402
 from featurestore.online.codec import ValueCodec, encode_entity_keys  # noqa: E402
 
@@ -46,13 +58,14 @@ DEFS = "entities:\n  - name: user\n    join_keys: [{name: user_id, dtype: int64}
 REFS = [f"{v}:{v[-1]}{i}" for v in VIEWS for i in range(FEATURES)]
 
 
-def build(root: Path, backend: str, entities: int, redis_url: str) -> FeatureStore:
+def build(root: Path, backend: str, entities: int, redis_url: str, project: str | None = None) -> FeatureStore:
+    project = project or f"bench_{backend}"
     if root.exists():
         shutil.rmtree(root)
     (root / "features").mkdir(parents=True)
     (root / "features" / "defs.yaml").write_text(DEFS)
     (root / "featurestore.yaml").write_text(
-        f"project: bench_{backend}\nonline_store: {{type: {backend}, url: '{redis_url}'}}\n"
+        f"project: {project}\nonline_store: {{type: {backend}, url: '{redis_url}'}}\n"
     )
     store = FeatureStore(root)
     store.apply()
@@ -63,7 +76,7 @@ def build(root: Path, backend: str, entities: int, redis_url: str) -> FeatureSto
     now = time.time_ns() // 1000
     online = store.online_store
     if backend == "redis":
-        delete_redis_project(redis_url, f"bench_{backend}")
+        delete_redis_project(redis_url, project)
     for view in VIEWS:
         columns = [pa.array(rng.random(entities, dtype=np.float32)) for _ in range(FEATURES)]
         payloads = codec.encode_rows(columns)
@@ -208,13 +221,124 @@ def http_bench(repo: Path, entities: int, seconds: int, workers: int) -> None:
     print(row("p99", ours["p99"], bare["p99"], "ms"))
 
 
+def issue19(redis_url: str, rounds: int, seconds: int) -> None:
+    """Issue 19, row (b): ``POST /features`` of 1 entity, wrk -t2 -c32, ours against the bare
+    endpoint answering the same bytes (``bare_app`` with ``BARE_BODY``: the body ours gave for
+    one entity), both served by ``serve_cmd.serve``. The four servers (ours and bare, 1 and 2
+    workers) run at once; every round measures each in turn, the order rotated; figures are
+    medians over the rounds, ratios medians of the per-round ratios. Two more servers, ours and
+    bare with 2 workers and the accept change proposed for ``serve`` (``bench/fair_serve.py``),
+    are measured beside them."""
+    import json
+    import statistics
+    import urllib.request
+
+    entities = 10_000
+    root = OUT / "online_issue19"
+    project = "bench_issue19_online"  # not bench_redis: the SDK rows may be measured meanwhile
+    build(root, "redis", entities, redis_url, project).close()
+    script = OUT / "features_issue19.lua"
+    script.write_text(LUA % (entities, ", ".join(f'"{r}"' for r in REFS)))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    servers: dict[str, tuple[subprocess.Popen, int]] = {}
+    try:
+        for w in (1, 2):
+            port = free_port()
+            servers[f"ours{w}"] = (subprocess.Popen(
+                [sys.executable, "-m", "featurestore.cli.main", "-r", str(root), "serve", "--port", str(port),
+                 "--workers", str(w)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port)
+        wait_up(servers["ours1"][1], timeout=120)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{servers['ours1'][1]}/features", method="POST",
+            data=json.dumps({"features": REFS, "entity_rows": [{"user_id": 1}]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        body = urllib.request.urlopen(request, timeout=30).read()
+        env["BARE_BODY"] = body.decode()
+        for w in (1, 2):
+            port = free_port()
+            servers[f"bare{w}"] = (subprocess.Popen(
+                [sys.executable, "-m", "bench.bare_app", "--port", str(port), "--workers", str(w)],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port)
+        # Ours, 2 workers, with the accept change proposed for serve_cmd (bench/fair_serve.py).
+        port = free_port()
+        servers["prop2"] = (subprocess.Popen(
+            [sys.executable, "-m", "bench.fair_serve", "-r", str(root), "--port", str(port), "--workers", "2"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port)
+        port = free_port()
+        servers["bareprop2"] = (subprocess.Popen(
+            [sys.executable, "-m", "bench.bare_app", "--port", str(port), "--workers", "2", "--fair"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port)
+        for proc, port in servers.values():
+            wait_up(port, timeout=120)
+        time.sleep(1.0)
+        for proc, port in servers.values():
+            wrk(port, script, 2)  # warm up
+        names = list(servers)
+        got: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                proc, port = servers[name]
+                cpu = tree_cpu_seconds(proc.pid)
+                result = wrk(port, script, seconds)
+                used = tree_cpu_seconds(proc.pid) - cpu
+                got[name].append({**result, "cpu_ms": 1000 * used / (result["rps"] * seconds)})
+        rss = {name: tree_peak_rss_mb(proc.pid) for name, (proc, _) in servers.items()}
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+        for proc, _ in servers.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        delete_redis_project(redis_url, project)
+
+    def med(name: str, key: str) -> float:
+        return statistics.median(m[key] for m in got[name])
+
+    def figure(name: str) -> str:
+        return (f"{med(name, 'rps'):,.0f} req/s, p99 {med(name, 'p99'):.1f} ms, "
+                f"{med(name, 'cpu_ms'):.3f} ms CPU/req, peak RSS {rss[name]:,.0f} MB")
+
+    print(f" issue 19 (b): POST /features, 1 entity, {len(REFS)} features; wrk -t2 -c32, {rounds} rounds x "
+          f"{seconds} s per server, interleaved; ref: bare FastAPI endpoint answering the same {len(body)} bytes")
+    for w in (1, 2):
+        ours, bare = f"ours{w}", f"bare{w}"
+        print(f"  {w} worker(s): ours {figure(ours)}")
+        print(f"  {w} worker(s): bare {figure(bare)}")
+        o, b = [m["rps"] for m in got[ours]], [m["rps"] for m in got[bare]]
+        ratio = median_ratio(o, b)
+        print(f"  {w} worker(s): req/s ours/bare {ratio:.2f} {round_ratios(o, b)}")
+        oc, bc = [m["cpu_ms"] for m in got[ours]], [m["cpu_ms"] for m in got[bare]]
+        print(f"  {w} worker(s): server CPU per request ours/bare {median_ratio(oc, bc):.2f} {round_ratios(oc, bc)}")
+        print(goal_line(f"POST /features, 1 entity, {w} worker(s), -c32", f"bare FastAPI: {figure(bare)}",
+                        figure(ours), ratio, "req/s >= 0.9x", ratio >= 0.9))
+    o, b = [m["rps"] for m in got["prop2"]], [m["rps"] for m in got["bareprop2"]]
+    print("  2 workers, both served with the accept change proposed for serve (bench/fair_serve.py):")
+    print(f"  ours {figure('prop2')}")
+    print(f"  bare {figure('bareprop2')}")
+    print(f"  ... req/s ours/bare {median_ratio(o, b):.2f} {round_ratios(o, b)}")
+    print(goal_line("POST /features, 1 entity, 2 workers, -c32, with the proposed serve change",
+                    f"bare FastAPI: {figure('bareprop2')}", figure("prop2"), median_ratio(o, b), "req/s >= 0.9x",
+                    median_ratio(o, b) >= 0.9))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-http", action="store_true")
     parser.add_argument("--backends", default="redis,embedded")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--issue19", action="store_true",
+                        help="issue 19's rows only: HTTP POST /features against the bare endpoint")
+    parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds of --issue19")
     args = parser.parse_args()
+    if args.issue19:
+        OUT.mkdir(parents=True, exist_ok=True)
+        issue19(args.redis_url, args.rounds, 3)
+        return
     entities = 10_000 if args.quick else 100_000
     calls = {1: 500 if args.quick else 3000, 100: 200 if args.quick else 1000}
     seconds = 3 if args.quick else 8

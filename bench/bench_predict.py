@@ -12,6 +12,7 @@ feature lookup of the same items.
     python3 bench/bench_predict.py                 # 100,000 users, 10,000 items, d = 16, 100 items
     python3 bench/bench_predict.py --quick         # 10,000 users, 2,000 items, shorter runs
     python3 bench/bench_predict.py --dims 16,64 --sizes 100,1000 --workers 1,2 --connections 8,32
+    python3 bench/bench_predict.py --issue19       # issue 19's rows: ours vs a hand-written server
 
 The HTTP cases run for each worker count (default 1 and 2) and each load (default wrk -c8 and
 -c32): /predict and /features interleaved in the same run, their ratio, and the server's CPU
@@ -24,6 +25,7 @@ import argparse
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -34,7 +36,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import pyarrow as pa
 
-from bench._common import OUT, delete_redis_project, row, run_wrk, summary_ms, tree_cpu_seconds, tree_peak_rss_mb
+from bench._common import (
+    OUT,
+    delete_redis_project,
+    goal_line,
+    median_ratio,
+    round_ratios,
+    row,
+    run_wrk,
+    summary_ms,
+    tree_cpu_seconds,
+    tree_peak_rss_mb,
+)
 from bench.bench_online import free_port, wait_up
 from featurestore import FeatureStore
 from featurestore.models.linear import UserState
@@ -60,9 +73,9 @@ BODIES = 200  # distinct request bodies per case, picked at random by wrk
 
 
 
-def build(root: Path, d: int, users: int, items: int, redis_url: str) -> FeatureStore:
+def build(root: Path, d: int, users: int, items: int, redis_url: str, project: str | None = None) -> FeatureStore:
     """A repository with the item vectors and every user's state written straight to Redis."""
-    project = f"bench_predict_d{d}"
+    project = project or f"bench_predict_d{d}"
     if root.exists():
         shutil.rmtree(root)
     delete_redis_project(redis_url, project)
@@ -203,6 +216,117 @@ def _measured(pid: int, port: int, script: Path, seconds: int, connections: int)
     return {**result, "cpu_per_k": 1000 * used / requests if requests else float("nan")}
 
 
+def issue19(redis_url: str, rounds: int, seconds: int) -> None:
+    """Issue 19, row (a): ``POST /predict`` of 100 candidates against ``predict_reference_app``
+    (FastAPI + redis.asyncio + numpy, the same scoring on the same keys), both served by
+    ``serve_cmd.serve``. All the servers (ours and the reference, 1 and 2 workers, and ours with
+    the changes proposed for ``serve`` and the prediction log, ``bench/fair_serve.py``) run at once and
+    every round measures each in turn, the order rotated, so load from elsewhere on the box
+    falls on all of them; the figures are medians over the rounds, the ratios medians of the
+    per-round ratios."""
+    d, users, items, n, connections = 16, 20_000, 2_000, 100, 32
+    root = OUT / "predict_issue19"
+    project = f"bench_issue19_predict_d{d}"  # not bench_predict_d16: another run may use that
+    store = build(root, d, users, items, redis_url, project)
+    version = store.model_versions.active_versions()["taste"]
+    store.predictor.close()
+    store.close()
+    script = lua_script(OUT / "predict_issue19.lua", "/predict", bodies_for(users, items, n)[0])
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), REF_REDIS_URL=redis_url,
+               REF_PROJECT=project, REF_MODEL="taste", REF_VERSION=str(version), REF_D=str(d))
+    servers: dict[str, tuple[subprocess.Popen, int]] = {}
+    try:
+        for w in (1, 2):
+            for who in ("ours", "ref"):
+                port = free_port()
+                if who == "ours":
+                    cmd = [sys.executable, "-m", "featurestore.cli.main", "-r", str(root), "serve",
+                           "--port", str(port), "--workers", str(w)]
+                else:
+                    cmd = [sys.executable, "-m", "bench.predict_reference_app", "--port", str(port), "--workers", str(w)]
+                servers[f"{who}{w}"] = (subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                                         stderr=subprocess.DEVNULL), port)
+        # Ours with the changes proposed for serve_cmd and the prediction log (bench/fair_serve.py),
+        # and the reference with 2 workers served with the same accept change.
+        for w in (1, 2):
+            port = free_port()
+            servers[f"prop{w}"] = (subprocess.Popen(
+                [sys.executable, "-m", "bench.fair_serve", "-r", str(root), "--port", str(port), "--workers", str(w)],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port)
+        port = free_port()
+        servers["refprop2"] = (subprocess.Popen(
+            [sys.executable, "-m", "bench.predict_reference_app", "--port", str(port), "--workers", "2", "--fair"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port)
+        for proc, port in servers.values():
+            wait_up(port, timeout=120)  # four servers starting at once on a busy box
+        time.sleep(1.0)
+        for proc, port in servers.values():
+            run_wrk(port, script, 2, connections)  # warm: connections open, every item cached
+        names = list(servers)
+        got: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                proc, port = servers[name]
+                got[name].append(_measured(proc.pid, port, script, seconds, connections))
+        rss = {name: tree_peak_rss_mb(proc.pid) for name, (proc, _) in servers.items()}
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+        for proc, _ in servers.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        delete_redis_project(redis_url, project)
+
+    def med(name: str, key: str) -> float:
+        return statistics.median(m[key] for m in got[name])
+
+    def figure(name: str) -> str:
+        return (f"{med(name, 'rps'):,.0f} req/s, p99 {med(name, 'p99'):.1f} ms, "
+                f"{med(name, 'cpu_per_k'):.2f} s CPU/1k req, peak RSS {rss[name]:,.0f} MB")
+
+    print(f" issue 19 (a): POST /predict, {n} candidates, d = {d}, {users:,} users, {items:,} items; "
+          f"wrk -t1 -c{connections}, {rounds} rounds x {seconds} s per server, interleaved")
+    for w in (1, 2):
+        ours, ref = f"ours{w}", f"ref{w}"
+        print(f"  {w} worker(s): ours {figure(ours)}")
+        print(f"  {w} worker(s): ref  {figure(ref)}")
+        ratio = median_ratio([m["rps"] for m in got[ours]], [m["rps"] for m in got[ref]])
+        print(f"  {w} worker(s): req/s ours/ref {ratio:.2f} "
+              f"{round_ratios([m['rps'] for m in got[ours]], [m['rps'] for m in got[ref]])}")
+        cpu = median_ratio([m["cpu_per_k"] for m in got[ours]], [m["cpu_per_k"] for m in got[ref]])
+        print(f"  {w} worker(s): server CPU per request ours/ref {cpu:.2f} "
+              f"{round_ratios([m['cpu_per_k'] for m in got[ours]], [m['cpu_per_k'] for m in got[ref]])}")
+        print(goal_line(f"POST /predict, 100 candidates, {w} worker(s), -c{connections}",
+                        f"FastAPI + redis.asyncio + numpy: {figure(ref)}", figure(ours), ratio,
+                        "req/s >= 0.8x", ratio >= 0.8))
+    two = median_ratio([m["rps"] for m in got["ours2"]], [m["rps"] for m in got["ours1"]])
+    print(f"  ours, 2 workers / 1 worker: {two:.2f} "
+          f"{round_ratios([m['rps'] for m in got['ours2']], [m['rps'] for m in got['ours1']])}")
+    print(goal_line(f"POST /predict, 100 candidates, 2 workers vs 1, -c{connections}",
+                    f"ours, 1 worker: {med('ours1', 'rps'):,.0f} req/s",
+                    f"ours, 2 workers: {med('ours2', 'rps'):,.0f} req/s, p99 {med('ours2', 'p99'):.1f} ms",
+                    two, "2 workers faster than 1 (> 1.0x)", two > 1.0))
+    print("  with the changes proposed for serve_cmd (accept one connection per wake-up) and the")
+    print("  prediction log (linger 20 ms after a transaction that was not full): bench/fair_serve.py")
+    print(f"  2 worker(s): ref, same accept change {figure('refprop2')}")
+    for w, ref_name in ((1, "ref1"), (2, "refprop2")):
+        o, r = [m["rps"] for m in got[f"prop{w}"]], [m["rps"] for m in got[ref_name]]
+        print(f"  {w} worker(s): proposed {figure(f'prop{w}')}; req/s /ref {median_ratio(o, r):.2f} {round_ratios(o, r)}")
+        oc, rc = [m["cpu_per_k"] for m in got[f"prop{w}"]], [m["cpu_per_k"] for m in got[ref_name]]
+        print(f"  {w} worker(s): proposed, server CPU per request /ref {median_ratio(oc, rc):.2f} {round_ratios(oc, rc)}")
+        print(goal_line(f"POST /predict, 100 candidates, {w} worker(s), -c{connections}, with the proposed changes",
+                        f"FastAPI + redis.asyncio + numpy: {figure(ref_name)}", figure(f"prop{w}"),
+                        median_ratio(o, r), "req/s >= 0.8x", median_ratio(o, r) >= 0.8))
+    prop = median_ratio([m["rps"] for m in got["prop2"]], [m["rps"] for m in got["prop1"]])
+    print(goal_line(f"POST /predict, 100 candidates, 2 workers vs 1, -c{connections}, with the proposed changes",
+                    f"proposed, 1 worker: {med('prop1', 'rps'):,.0f} req/s",
+                    f"proposed, 2 workers: {med('prop2', 'rps'):,.0f} req/s, p99 {med('prop2', 'p99'):.1f} ms",
+                    prop, "2 workers faster than 1 (> 1.0x)", prop > 1.0))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10,000 users, 2,000 items, 3 s runs")
@@ -214,7 +338,14 @@ def main() -> None:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--no-http", action="store_true")
     parser.add_argument("--keep", action="store_true", help="leave the data in Redis afterwards")
+    parser.add_argument("--issue19", action="store_true",
+                        help="issue 19's rows only: ours vs a hand-written FastAPI + redis.asyncio server")
+    parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds of --issue19")
     args = parser.parse_args()
+    if args.issue19:
+        OUT.mkdir(parents=True, exist_ok=True)
+        issue19(args.redis_url, args.rounds, args.seconds or 3)
+        return
     users = 10_000 if args.quick else 100_000
     items = 2_000 if args.quick else 10_000
     seconds = args.seconds or (3 if args.quick else 8)

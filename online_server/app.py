@@ -130,25 +130,37 @@ class _Route:
 
 
 class _FastPath:
-    """Pure ASGI: serves one hot endpoint with a plain function from raw body to response."""
+    """Pure ASGI: serves the hot endpoints (``POST /features``, ``POST /predict``), each with a
+    plain function from raw body to response, ahead of FastAPI's routing, dependency resolution
+    and exception middleware (about a quarter of a request's cost). ``errors`` turns what a
+    handler raises into the response the app's exception handlers would give."""
 
-    def __init__(self, app: Any, path: str, method: str, handler: Any) -> None:
+    def __init__(
+        self, app: Any, handlers: dict[str, Callable[[bytes], Any]], errors: Callable[[Exception], Any]
+    ) -> None:
         self.app = app
-        self.path, self.method, self.handler = path, method, handler
-        self.route = _Route(path)
+        self.handlers = handlers
+        self.routes = {path: _Route(path) for path in handlers}
+        self.errors = errors
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != self.method:
+        handler = self.handlers.get(scope["path"]) if scope["type"] == "http" else None
+        if handler is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        scope["route"] = self.route
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        response = await self.handler(b"".join(chunks))
+        scope["route"] = self.routes[scope["path"]]
+        message = await receive()
+        body = message.get("body", b"")
+        if message.get("more_body"):
+            chunks = [body]
+            while message.get("more_body"):
+                message = await receive()
+                chunks.append(message.get("body", b""))
+            body = b"".join(chunks)
+        try:
+            response = await handler(body)
+        except (RequestValidationError, FeatureStoreError) as exc:
+            response = self.errors(exc)
         await response(scope, receive, send)
 
 
@@ -223,9 +235,22 @@ def create_app(store: FeatureStore, *, owns_store: bool = False) -> FastAPI:
             {"registry_version": store.watcher.version, "entity_rows": len(response), "features": columns}
         )
 
-    # The hot endpoint bypasses FastAPI's routing and dependency resolution (about a quarter of
-    # its cost); the declared route below stays for the OpenAPI schema and /docs.
-    app.add_middleware(_FastPath, path="/features", method="POST", handler=features_response)
+    def fast_path_error(exc: Exception) -> JSONResponse:
+        if isinstance(exc, RequestValidationError):
+            return validation_response(exc.errors())
+        return store_error_response(exc)  # type: ignore[arg-type]
+
+    # /predict's router is made here, before the middleware, for its raw-body handler.
+    registry = server_metrics.registry
+    cleanups: list[Callable[[], Any]] = []
+    predict_endpoint = predict.endpoint(store, registry, cleanups.append)
+    # The hot endpoints bypass FastAPI's routing and dependency resolution (about a quarter of
+    # their cost); the declared routes stay for the OpenAPI schema and /docs.
+    app.add_middleware(
+        _FastPath,
+        handlers={"/features": features_response, "/predict": predict_endpoint.respond},
+        errors=fast_path_error,
+    )
     # JSON bodies of bounded size only (415, 413), before anything reads a body.
     app.add_middleware(BodyGuard, max_body_bytes=store.config.server.max_body_bytes)
     # Middleware added last runs first: auth refuses a request before any work, then timing.
@@ -301,10 +326,8 @@ def create_app(store: FeatureStore, *, owns_store: bool = False) -> FastAPI:
     # Included in this order, their metrics show in /metrics in this order. When the app stops,
     # the routers' clean-ups run in the order they were given: the prediction log is written
     # out, then the feedback thread is stopped, then (``owns_store``) the store is closed.
-    registry = server_metrics.registry
-    cleanups: list[Callable[[], Any]] = []
     starters: list[Callable[[], Any]] = [auth.start]
-    app.include_router(predict.router(store, registry, cleanups.append))
+    app.include_router(predict_endpoint.router)
     app.state.predictor = store.predictor  # the one /predict serves with
     app.include_router(feedback.router(store, registry, cleanups.append, starters.append))
     app.include_router(push.router(store, registry))

@@ -3,14 +3,17 @@
 The route is a thin shell around ``featurestore.models.serving.Predictor`` (shared with the
 SDK): parse the body in one pydantic-core pass, await ``predict_async`` (the feature misses and
 the user's state are read in one awaited step, so the worker serves other requests meanwhile),
-return JSON. ``router`` also registers
-the model metrics (predictions per model, feature cache hit rate, prediction log backlog) and has
-the prediction log's writer thread stopped when the app shuts down, after writing what is queued.
+return JSON. ``endpoint`` gives the declared route (for the OpenAPI schema and /docs) and the
+handler from raw body to response that the app serves ``POST /predict`` with, ahead of
+FastAPI's routing (``app._FastPath``); it also registers the model metrics (predictions per
+model, feature cache hit rate, prediction log backlog) and has the prediction log's writer
+thread stopped when the app shuts down, after writing what is queued.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -19,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from featurestore.models.serving import Predictor
 from featurestore.store import FeatureStore
 from online_server import metrics as m
-from online_server.http import ERRORS, ShutdownHook, json_body, parse_body
+from online_server.http import ERRORS, ShutdownHook, json_body, parse_json
 
 JoinKeyValue = int | str
 
@@ -58,7 +61,15 @@ class PredictResponse(_Body):
     scores: list[ItemScore]
 
 
-def router(store: FeatureStore, registry: m.Registry, at_shutdown: ShutdownHook) -> APIRouter:
+class Endpoint(NamedTuple):
+    """The declared route, and the whole of ``POST /predict`` from the raw body to the response
+    (raises ``RequestValidationError`` or a ``FeatureStoreError``, as the route does)."""
+
+    router: APIRouter
+    respond: Callable[[bytes], Awaitable[Response]]
+
+
+def endpoint(store: FeatureStore, registry: m.Registry, at_shutdown: ShutdownHook) -> Endpoint:
     """``POST /predict``, with the model metrics added to ``registry`` and the predictor closed
     (its log written out) through ``at_shutdown``."""
     # The store's own predictor: one feature cache and one prediction log per process, shared
@@ -101,6 +112,16 @@ def router(store: FeatureStore, registry: m.Registry, at_shutdown: ShutdownHook)
         )
     )
 
+    async def respond(raw: bytes) -> Response:
+        body = parse_json(raw, PredictRequest)
+        result = await predictor.predict_async(
+            body.model, body.user, body.items, k=body.k, request_features=body.request_features
+        )
+        predictions.inc(body.model, str(result.model_version))
+        scored.inc(body.model, amount=len(body.items))
+        # The shape is fixed by Prediction.to_dict; re-validating it would only cost latency.
+        return Response(result.to_json(), media_type="application/json")
+
     routes = APIRouter()
 
     @routes.post(
@@ -112,14 +133,7 @@ def router(store: FeatureStore, registry: m.Registry, at_shutdown: ShutdownHook)
     )
     async def predict(request: Request) -> Any:
         """Scores of the candidate items for the user, with the model's active version."""
-        body = await parse_body(request, PredictRequest)
-        result = await predictor.predict_async(
-            body.model, body.user, body.items, k=body.k, request_features=body.request_features
-        )
-        predictions.inc(body.model, str(result.model_version))
-        scored.inc(body.model, amount=len(body.items))
-        # The shape is fixed by Prediction.to_dict; re-validating it would only cost latency.
-        return Response(result.to_json(), media_type="application/json")
+        return await respond(await request.body())
 
     at_shutdown(predictor.close)
-    return routes
+    return Endpoint(routes, respond)

@@ -87,6 +87,68 @@ def build(root: Path, backend: str, entities: int, redis_url: str, project: str 
     return store
 
 
+def sdk_issue19(redis_url: str, rounds: int, calls: int) -> None:
+    """Issue 19, row (a): ``get_online_features`` on Redis for 1 and 100 entities against the
+    reference (``redis_reference``: one raw redis-py MGET of the same keys + struct decode), in
+    one process, call by call interleaved (who goes first alternates). Each round gives a p50
+    and a p99 of both; the ratios are medians of the per-round ratios."""
+    import statistics
+
+    import redis
+
+    entities = 10_000
+    project = "bench_issue19_sdk"  # its own keys: not bench_redis, nor the HTTP rows' project
+    store = build(OUT / "online_issue19_sdk", "redis", entities, redis_url, project)
+    client = redis.Redis.from_url(redis_url)
+    prefixes = [f"{project}:{v}:".encode() for v in VIEWS]
+
+    def ref(ids: list[int], rows: list[dict[str, int]]) -> list:
+        keys = [p + str(i).encode() for p in prefixes for i in ids]
+        raw = client.execute_command("MGET", *keys)
+        return [None if v is None else (_HEADER.unpack_from(v)[0], _VALUES.unpack_from(v, 16)[1:]) for v in raw]
+
+    def ours(ids: list[int], rows: list[dict[str, int]]) -> object:
+        return store.get_online_features(REFS, rows)
+
+    rng = random.Random(1)
+    try:
+        for batch in (1, 100):
+            n = calls if batch == 1 else max(200, calls // 5)
+            got: dict[str, list[dict[str, float]]] = {"ours": [], "ref": []}
+            for _ in range(rounds):
+                samples: dict[str, list[int]] = {"ours": [], "ref": []}
+                for k in range(50 + n):  # the first 50 calls of a round warm up
+                    ids = [rng.randint(1, entities) for _ in range(batch)]
+                    rows = [{"user_id": i} for i in ids]
+                    for name, fn in (("ours", ours), ("ref", ref)) if k % 2 else (("ref", ref), ("ours", ours)):
+                        t0 = time.perf_counter_ns()
+                        fn(ids, rows)
+                        if k >= 50:
+                            samples[name].append(time.perf_counter_ns() - t0)
+                for name, s in samples.items():
+                    got[name].append(summary_ms(s))
+            o50, r50 = [m["p50"] for m in got["ours"]], [m["p50"] for m in got["ref"]]
+            o99, r99 = [m["p99"] for m in got["ours"]], [m["p99"] for m in got["ref"]]
+            ratio50, ratio99 = median_ratio(o50, r50), median_ratio(o99, r99)
+            label = f"{batch} entit{'y' if batch == 1 else 'ies'}"
+            print(f" issue 19 (a): get_online_features, Redis, {label}/call, {len(REFS)} features; {rounds} rounds "
+                  f"x {n} calls, interleaved; ref: raw redis-py MGET + struct decode")
+            print(f"  p50 ours/ref {ratio50:.2f} {round_ratios(o50, r50)}")
+            print(f"  p99 ours/ref {ratio99:.2f} {round_ratios(o99, r99)}")
+
+            def figure(name: str) -> str:
+                return (f"p50 {statistics.median(m['p50'] for m in got[name]) * 1000:.0f} us, "
+                        f"p99 {statistics.median(m['p99'] for m in got[name]) * 1000:.0f} us")
+
+            worse = max(ratio50, ratio99)
+            print(goal_line(f"get_online_features, Redis, {label}", f"raw redis-py MGET + decode: {figure('ref')}",
+                            figure("ours"), worse, "p50 and p99 <= 1.2x", worse <= 1.2))
+    finally:
+        client.close()
+        store.close()
+        delete_redis_project(redis_url, project)
+
+
 def sdk_latency(store: FeatureStore, entities: int, batch: int, calls: int) -> dict[str, float]:
     rng = random.Random(1)
     for _ in range(50):  # warm: plan compiled, connections open
@@ -332,12 +394,15 @@ def main() -> None:
     parser.add_argument("--backends", default="redis,embedded")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--issue19", action="store_true",
-                        help="issue 19's rows only: HTTP POST /features against the bare endpoint")
+                        help="issue 19's rows only: the SDK against raw redis-py, interleaved, then "
+                        "HTTP POST /features against the bare endpoint (skipped with --no-http)")
     parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds of --issue19")
     args = parser.parse_args()
     if args.issue19:
         OUT.mkdir(parents=True, exist_ok=True)
-        issue19(args.redis_url, args.rounds, 3)
+        sdk_issue19(args.redis_url, args.rounds, 500 if args.quick else 2000)
+        if not args.no_http:
+            issue19(args.redis_url, args.rounds, 3)
         return
     entities = 10_000 if args.quick else 100_000
     calls = {1: 500 if args.quick else 3000, 100: 200 if args.quick else 1000}

@@ -4,7 +4,11 @@ The hot path per call is: encode entity keys, one ``read_latest`` on the online 
 payloads with the view's precompiled codec, check the ttl. Everything else (resolving feature
 references, codecs, which tuple positions to pick) is compiled once per (registry version,
 feature list) into a ``RetrievalPlan`` and cached; the definitions come from the process's
-registry snapshot (``registry.watcher``), never from a query per request.
+registry snapshot (``registry.watcher``), never from a query per request. The two common shapes
+of a call have their own short paths, which give exactly what the row-by-row path gives
+(tests/online/test_retrieval_fast_paths.py): one entity row (plain loops, no per-view lists), and
+many rows of a view whose values are all fresh, of its own layout and without nulls (decoded at
+once, ``ValueCodec.decode_columns``).
 
 Statuses, per feature and entity row: ``present``; ``not_found`` (no value stored for the
 entity); ``expired`` (the stored value's event time t is not within the view's ttl D of now:
@@ -20,13 +24,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+from itertools import repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from featurestore.inputs import bad_key_value
-from featurestore.online.codec import ValueCodec, encode_entity_key, encode_int_keys
+from featurestore.online.codec import INT_KEY_RANGES, ValueCodec, encode_entity_key, encode_int_keys
 from featurestore.online.layouts import Layout, LayoutTranslator
 from registry.definitions import Definitions
 from registry.errors import DataError, InputError, UserError
@@ -41,6 +46,10 @@ if TYPE_CHECKING:
     from registry.watcher import RegistryWatcher
 
 PRESENT, NOT_FOUND, EXPIRED, STALE_LAYOUT = "present", "not_found", "expired", "stale_layout"
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
+#: From this many entity rows on, a view's values are decoded all at once when they can be
+#: (``ValueCodec.decode_columns``); below it, decoding row by row is quicker.
+_BATCH_ROWS = 8
 #: Seconds before the layout history of a view is asked for again after the registry failed.
 _HISTORY_RETRY_SECONDS = 5.0
 
@@ -56,6 +65,34 @@ class _ViewPlan:
     picks: tuple[int, ...]  # positions in the decoded tuple, one per requested feature
     columns: tuple[str, ...]  # output column names of those features
     ttl_us: int
+    #: The requested features of a decoded row (or of the columns of many), in ``picks`` order:
+    #: one itemgetter call instead of a loop over ``picks``.
+    take: Callable[[Sequence[Any]], tuple[Any, ...]] = field(init=False, repr=False, compare=False)
+    #: The join key values of an entity row, in ``key_names`` order (KeyError, TypeError as
+    #: ``row[name]`` raises them).
+    key_values: Callable[[Mapping[str, Any]], tuple[Any, ...]] = field(
+        init=False, repr=False, compare=False
+    )
+    #: The join key when the view has a single integer one (its key is the value's decimal
+    #: text, ``encode_entity_key``), and the bounds of its dtype.
+    int_key: str | None = field(init=False, repr=False, compare=False)
+    int_low: int = field(init=False, repr=False, compare=False)
+    int_high: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        set_ = partial(object.__setattr__, self)
+        set_("take", _getter(self.picks))
+        set_("key_values", _getter(self.key_names))
+        bounds = INT_KEY_RANGES.get(self.key_dtypes[0]) if len(self.key_names) == 1 else None
+        set_("int_key", None if bounds is None else self.key_names[0])
+        set_("int_low", bounds[0] if bounds else 0)
+        set_("int_high", bounds[1] if bounds else 0)
+
+
+def _getter(items: Sequence[Any]) -> Callable[[Any], tuple[Any, ...]]:
+    """``itemgetter(*items)`` that gives a tuple for one item too."""
+    getter = itemgetter(*items)
+    return getter if len(items) > 1 else lambda row: (getter(row),)
 
 
 @dataclass(frozen=True)
@@ -63,6 +100,18 @@ class RetrievalPlan:
     views: tuple[_ViewPlan, ...]
     columns: tuple[str, ...]  # every output feature column, in request order
     join_keys: tuple[str, ...]
+    #: Per view, the position in ``views`` of the first view with the same join keys: views of
+    #: one entity share their encoded keys.
+    key_sources: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    #: Whether the views' columns, view after view, are already in request order.
+    grouped_in_order: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        first: dict[tuple[str, ...], int] = {}
+        sources = tuple(first.setdefault(vp.key_names, i) for i, vp in enumerate(self.views))
+        object.__setattr__(self, "key_sources", sources)
+        grouped = tuple(c for vp in self.views for c in vp.columns) == self.columns
+        object.__setattr__(self, "grouped_in_order", grouped)
 
     @classmethod
     def compile(
@@ -254,14 +303,18 @@ class OnlineReader:
         """The plan and the ``(view, key)`` reads of one call, view by view."""
         plan = self.plan(features, full_names)
         requests: list[tuple[str, bytes]] = []
+        if len(entity_rows) == 1:  # one key per view: plain loops beat lists of one
+            row = entity_rows[0]
+            for vp, source in zip(plan.views, plan.key_sources):
+                key = requests[source][1] if source < len(requests) else _key(vp, row, 0)
+                requests.append((vp.view, key))
+            return plan, requests
         # Views of the same entity share their keys: encode each key set once per call.
-        encoded: dict[tuple[str, ...], list[bytes]] = {}
-        for vp in plan.views:
-            keys = encoded.get(vp.key_names)
-            if keys is None:
-                keys = encoded[vp.key_names] = _keys(vp, entity_rows)
-            view = vp.view
-            requests += [(view, key) for key in keys]
+        encoded: list[list[bytes]] = []
+        for vp, source in zip(plan.views, plan.key_sources):
+            keys = encoded[source] if source < len(encoded) else _keys(vp, entity_rows)
+            encoded.append(keys)
+            requests += zip(repeat(vp.view), keys)
         return plan, requests
 
     def freshness(self, views: Iterable[str] | None = None, now_us: int | None = None) -> dict[str, float | None]:
@@ -287,50 +340,115 @@ def _assemble(
     values: dict[str, list[Any]] = {}
     statuses: dict[str, list[str]] = {}
     stamps: dict[str, list[int | None]] | None = {} if with_timestamps else None
-    offset = 0
-    for vp in plan.views:
-        chunk = results[offset : offset + n]
-        offset += n
-        decoded: list[Any] = []
-        status: list[str] = []
-        times: list[int | None] = []
-        stale: dict[int, frozenset[int]] = {}  # row -> features of an earlier layout
-        decode, ttl = vp.codec.decode_status, vp.ttl_us
-        for hit in chunk:
-            if hit is None:
-                decoded.append(None)
-                status.append(NOT_FOUND)
-                times.append(None)
-                continue
-            event_ts, payload = hit
-            times.append(event_ts)
-            if ttl and event_ts <= now - ttl:
-                decoded.append(None)
-                status.append(EXPIRED)
-            else:
-                row, old = decode(payload)
-                if old:
-                    stale[len(decoded)] = old
-                decoded.append(row)
-                status.append(PRESENT)
-        columns = vp.columns
-        if not decoded or None in decoded:  # an entity without a value: None in its place
-            for pick, column in zip(vp.picks, columns):
-                values[column] = [None if d is None else d[pick] for d in decoded]
-        else:  # every entity has a row: one transpose in C instead of a loop per column
-            transposed = list(zip(*decoded))
-            values.update((column, list(transposed[pick])) for pick, column in zip(vp.picks, columns))
-        statuses.update(dict.fromkeys(columns, status))  # shared until a stale row splits it
-        if stamps is not None:
-            stamps.update(dict.fromkeys(columns, times))
-        for r, old in stale.items():  # rows written under an earlier layout (rare)
-            for pick, column in zip(vp.picks, vp.columns):
-                if pick in old:
-                    if statuses[column] is status:
-                        statuses[column] = list(status)
-                    statuses[column][r] = STALE_LAYOUT
-    ordered = {c: values[c] for c in plan.columns}
+    if n == 1:  # one entity, a typical serving call: one reply per view
+        _one_entity(plan, results, now, values, statuses, stamps)
+    else:
+        offset = 0
+        for vp in plan.views:
+            chunk = results[offset : offset + n]
+            offset += n
+            times = _view_columns(vp, chunk, now, values, statuses, stamps is not None)
+            if stamps is not None:
+                stamps.update(dict.fromkeys(vp.columns, times))
+    ordered = values if plan.grouped_in_order else {c: values[c] for c in plan.columns}
     return OnlineResponse(entity_rows, plan.join_keys, ordered, statuses, stamps)
+
+
+def _one_entity(
+    plan: RetrievalPlan,
+    results: Sequence[tuple[int, bytes] | None],
+    now: int,
+    values: dict[str, list[Any]],
+    statuses: dict[str, list[str]],
+    stamps: dict[str, list[int | None]] | None,
+) -> None:
+    """What ``_view_columns`` gives, view by view, for a single entity row: plain loops, which
+    beat its lists and C calls on one row, in one frame for every view."""
+    for vp, hit in zip(plan.views, results):
+        old = None
+        if hit is None:
+            row, status, event_ts = None, [NOT_FOUND], None
+        else:
+            event_ts = hit[0]
+            if vp.ttl_us and event_ts <= now - vp.ttl_us:
+                row, status = None, [EXPIRED]
+            else:
+                row, old = vp.codec.decode_status(hit[1])
+                status = [PRESENT]
+        columns = vp.columns
+        if row is None:
+            for column in columns:
+                values[column] = [None]
+                statuses[column] = status  # shared by the view's columns, as for many rows
+        else:
+            for column, value in zip(columns, vp.take(row)):
+                values[column] = [value]
+                statuses[column] = status
+            if old:  # written under an earlier layout (rare)
+                for pick, column in zip(vp.picks, columns):
+                    if pick in old:
+                        statuses[column] = [STALE_LAYOUT]
+        if stamps is not None:
+            times = [event_ts]  # shared by the view's columns, as for many rows
+            stamps.update(dict.fromkeys(columns, times))
+
+
+def _view_columns(
+    vp: _ViewPlan,
+    chunk: Sequence[tuple[int, bytes] | None],
+    now: int,
+    values: dict[str, list[Any]],
+    statuses: dict[str, list[str]],
+    with_times: bool = True,
+) -> list[int | None] | None:
+    """Put the values and statuses of one view's replies (one per entity row) into ``values``
+    and ``statuses``; return their event times (perhaps None without ``with_times``)."""
+    columns, ttl = vp.columns, vp.ttl_us
+    n = len(chunk)
+    if n >= _BATCH_ROWS and None not in chunk:
+        # Many entities, each with a value: if every one is within the ttl and of the view's
+        # layout without nulls, the codec decodes them all at once.
+        if not ttl or min(map(_FIRST, chunk)) > now - ttl:  # type: ignore[type-var,operator]
+            found = vp.codec.decode_columns(list(map(_SECOND, chunk)))
+            if found is not None:
+                values.update(zip(columns, vp.take(found)))
+                statuses.update(dict.fromkeys(columns, [PRESENT] * n))
+                return list(map(_FIRST, chunk)) if with_times else None
+    decoded: list[Any] = []
+    status: list[str] = []
+    times: list[int | None] = []
+    stale: dict[int, frozenset[int]] = {}  # row -> features of an earlier layout
+    decode = vp.codec.decode_status
+    for hit in chunk:
+        if hit is None:
+            decoded.append(None)
+            status.append(NOT_FOUND)
+            times.append(None)
+            continue
+        event_ts, payload = hit
+        times.append(event_ts)
+        if ttl and event_ts <= now - ttl:
+            decoded.append(None)
+            status.append(EXPIRED)
+        else:
+            row, old = decode(payload)
+            if old:
+                stale[len(decoded)] = old
+            decoded.append(row)
+            status.append(PRESENT)
+    if not decoded or None in decoded:  # an entity without a value: None in its place
+        for pick, column in zip(vp.picks, columns):
+            values[column] = [None if d is None else d[pick] for d in decoded]
+    else:  # every entity has a row: one transpose in C instead of a loop per column
+        values.update(zip(columns, map(list, vp.take(list(zip(*decoded))))))
+    statuses.update(dict.fromkeys(columns, status))  # shared until a stale row splits it
+    for r, old in stale.items():  # rows written under an earlier layout (rare)
+        for pick, column in zip(vp.picks, columns):
+            if pick in old:
+                if statuses[column] is status:
+                    statuses[column] = list(status)
+                statuses[column][r] = STALE_LAYOUT
+    return times
 
 
 def _keys(vp: _ViewPlan, rows: Sequence[Mapping[str, Any]]) -> list[bytes]:
@@ -347,17 +465,22 @@ def _keys(vp: _ViewPlan, rows: Sequence[Mapping[str, Any]]) -> list[bytes]:
 
 
 def _key(vp: _ViewPlan, row: Mapping[str, Any], index: int) -> bytes:
-    field = f"entity_rows.{index}"
     try:
-        values = [row[k] for k in vp.key_names]
+        if vp.int_key is not None:  # one integer join key: its text if it is an int in range
+            value = row[vp.int_key]
+            if type(value) is int and vp.int_low <= value <= vp.int_high:
+                return b"%d" % value
+        values = vp.key_values(row)
     except KeyError as exc:
         raise InputError(
-            field, f"has no join key {exc.args[0]!r} needed by view {vp.view!r}",
+            f"entity_rows.{index}", f"has no join key {exc.args[0]!r} needed by view {vp.view!r}",
             hint=f"give every entity row the keys {', '.join(vp.key_names)}",
         ) from None
     except TypeError:
-        raise InputError(field, "is not a mapping of join keys to values") from None
+        raise InputError(
+            f"entity_rows.{index}", "is not a mapping of join keys to values"
+        ) from None
     try:
         return encode_entity_key(vp.key_dtypes, values)
     except DataError:
-        raise bad_key_value(field, vp.key_names, vp.key_dtypes, row) from None
+        raise bad_key_value(f"entity_rows.{index}", vp.key_names, vp.key_dtypes, row) from None

@@ -252,12 +252,17 @@ class RedisOnlineStore(OnlineStore):
         self._check_open()
         try:
             yield
-        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError) as exc:
-            raise self._unavailable(what, exc, self._hint()) from exc
-        except redis.ResponseError as exc:
-            raise self._refused(what, exc) from exc
         except redis.RedisError as exc:
-            raise self._unavailable(what, exc, self._hint()) from exc
+            raise self._error(what, exc) from exc
+
+    def _error(self, what: str, exc: redis.RedisError) -> FeatureStoreError:
+        """What a redis-py error while ``what`` means here (``_guard``, and the read path that
+        spares itself the context manager)."""
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)):
+            return self._unavailable(what, exc, self._hint())
+        if isinstance(exc, redis.ResponseError):
+            return self._refused(what, exc)
+        return self._unavailable(what, exc, self._hint())
 
     def _refused(self, what: str, exc: Exception) -> FeatureStoreError:
         """An error reply: "cannot serve right now" is unavailability, anything else a refusal."""
@@ -333,8 +338,12 @@ class RedisOnlineStore(OnlineStore):
             keys = [prefixes[view] + key for view, key in view_keys]
         except KeyError:
             keys = [self._view_prefix(view) + key for view, key in view_keys]
-        with self._guard("reading"):
+        # The hot path: a try block costs nothing, a context manager a microsecond a call.
+        self._check_open()
+        try:
             values = self._client.execute_command("MGET", *keys)
+        except redis.RedisError as exc:
+            raise self._error("reading", exc) from exc
         return decode_rows(values)
 
     async def read_latest_async(self, view_keys: Sequence[tuple[str, bytes]]) -> list[tuple[int, bytes] | None]:

@@ -225,7 +225,8 @@ def get_training_dataset(
         if not exclude_created_after:  # that plan breaks ties by construction
             for join in joins:
                 if join.files:
-                    join.ties = pit.has_key_time_ties(join.files, [k for k, _ in join.keys])
+                    keys = [k for k, _ in join.keys]
+                    join.ties = _run(partial(pit.has_key_time_ties, join.files, keys, con))
         sql = pit.build_query(
             entity.source,
             timestamp_column,
@@ -288,6 +289,7 @@ def _locate(
             )
         join.present = {f.feature for f in join.features if f.feature in columns}
         join.groups = pit.group_files(join, types)
+        join.same_schema = len({tuple(t.items()) for t in types.values()}) == 1
         for f in join.features:
             if f.feature not in join.present:
                 warnings.append(
@@ -320,9 +322,10 @@ def _connect(
     con = connection.cursor() if connection is not None else duckdb.connect(":memory:")
     temp_dir: str | None = None
     try:
-        # Output timestamps are UTC whatever the machine's zone; progress is polled, not printed.
+        # Output timestamps are UTC whatever the machine's zone. Progress is polled, not printed,
+        # and tracked only while a caller asks for it (_Poller): it costs the query time.
         con.execute("SET TimeZone = 'UTC'")
-        con.execute("SET enable_progress_bar = true")
+        con.execute("SET enable_progress_bar = false")
         con.execute("SET enable_progress_bar_print = false")
         if memory_limit is not None:
             con.execute(f"SET memory_limit = {pit.literal(str(memory_limit))}")
@@ -372,6 +375,7 @@ class _Poller:
 
     def __enter__(self) -> _Poller:
         if self._progress is not None:
+            self._con.execute("SET enable_progress_bar = true")
             self._thread = threading.Thread(target=self._poll, name="export-progress", daemon=True)
             self._thread.start()
         return self
@@ -380,6 +384,7 @@ class _Poller:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+            self._con.execute("SET enable_progress_bar = false")
 
     def _poll(self) -> None:
         assert self._progress is not None

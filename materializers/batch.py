@@ -139,12 +139,18 @@ class ViewRun:
 
 
 def build_view_pipeline(
-    pipeline: beam.Pipeline, run: ViewRun, progress_key: str | None = None, panes: Any = None
+    pipeline: beam.Pipeline,
+    run: ViewRun,
+    progress_key: str | None = None,
+    panes: Any = None,
+    one_worker: bool = False,
 ) -> None:
     """Add one view's materialization to ``pipeline``.
 
     A view with aggregations validates its source rows as events (read from the interval's
     start minus the largest window) and replaces deduplication by ``AggregateByDate``.
+    ``one_worker``: the runner runs one worker (in-process), so the source's splits are not
+    reshuffled to spread them.
     """
     from materializers.aggregate_transforms import AggregateByDate, read_interval
     from materializers.rejects import WriteRejects
@@ -157,7 +163,7 @@ def build_view_pipeline(
     )
 
     s = run.schema
-    batches = pipeline | "Read" >> ReadSource(run.reader, progress_key)
+    batches = pipeline | "Read" >> ReadSource(run.reader, progress_key, spread=not one_worker)
     if s.aggregated:
         valid, rejects = batches | "Validate" >> ValidateAndCast(
             s.event_schema(), read_interval(s, run.interval)
@@ -200,7 +206,9 @@ def _applied(store: FeatureStore) -> tuple[Any, int]:
             f"nothing is applied in project {store.project!r}, so there is nothing to materialize",
             hint="run `featurestore apply` first",
         )
-    return store.definitions(), version
+    # Straight from SQL at that version: ``store.definitions()`` would start the registry
+    # watcher, a thread polling the database every second for a job that reads it once.
+    return store.registry.definitions(version), version
 
 
 def plan(
@@ -362,7 +370,7 @@ def _run(
 ) -> ViewSummary:
     """One view's job: submit, wait once, read metrics after the end, verify the stores, then
     record (materializers/lifecycle.py, verify.py)."""
-    from materializers.lifecycle import Runner, StagingWatch, run_to_end
+    from materializers.lifecycle import Runner, StagingWatch, no_ipython_probe, run_to_end
     from materializers.verify import verify_run
 
     view = run.schema.view
@@ -382,9 +390,11 @@ def _run(
     from materializers.batch_panes import BatchPanes
 
     panes = BatchPanes.plan(store, run)  # None unless aggregated with a stream_source
-    build_view_pipeline(pipeline, run, progress_key=run.run_id, panes=panes)
     started = time.monotonic()
-    with ProgressDisplay(run.run_id, view, enabled=progress) as display:
+    with no_ipython_probe(), ProgressDisplay(run.run_id, view, enabled=progress) as display:
+        build_view_pipeline(
+            pipeline, run, progress_key=run.run_id, panes=panes, one_worker=runner.in_process
+        )
         files = None
         if progress and not runner.in_process:  # the board stays empty: read the shared files
             files = StagingWatch(

@@ -112,20 +112,26 @@ class _ReadSplitFn(beam.DoFn):
 
 
 class ReadSource(beam.PTransform):
-    """Record batches of a source: its splits, spread over workers, each read in batches."""
+    """Record batches of a source: its splits, spread over workers, each read in batches.
 
-    def __init__(self, reader: SourceReader, progress_key: str | None = None) -> None:
+    ``spread=False`` leaves out the reshuffle that spreads the splits: with one worker (the
+    in-process runner) it only adds a stage and a shuffle to the job.
+    """
+
+    def __init__(
+        self, reader: SourceReader, progress_key: str | None = None, spread: bool = True
+    ) -> None:
         super().__init__()
         self.reader = reader
         self.progress_key = progress_key
+        self.spread = spread
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        return (
-            pbegin
-            | "Splits" >> beam.Create(self.reader.splits())
-            | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(_ReadSplitFn(self.reader, self.progress_key))
-        )
+        # Create's own reshuffle is left out: "Spread" below is the one that spreads them.
+        splits = pbegin | "Splits" >> beam.Create(self.reader.splits(), reshuffle=False)
+        if self.spread:
+            splits = splits | "Spread" >> beam.Reshuffle()
+        return splits | "Read" >> beam.ParDo(_ReadSplitFn(self.reader, self.progress_key))
 
 
 class _ValidateFn(beam.DoFn):
@@ -250,7 +256,11 @@ class _MergeDayFn(beam.DoFn):
             table = self.schema.validated_schema().empty_table()
         # Sorted by (join keys, event time); replace_interval's stable sort by event time then
         # gives the fixed (event time, join keys) order that makes re-runs write identical files.
-        yield day, dedup_rows(table, self.schema)
+        deduplicated = dedup_rows(table, self.schema)
+        # The fused steps after this one (offline, then online) run while this generator waits
+        # at its yield: without the del, a second copy of the day would stay alive meanwhile.
+        del table
+        yield day, deduplicated
 
 
 class DeduplicateByPartition(beam.PTransform):
@@ -277,7 +287,10 @@ class DeduplicateByPartition(beam.PTransform):
 
     def expand(self, valid: beam.PCollection) -> beam.PCollection:
         staged = valid | "Stage" >> beam.ParDo(_StageByDateFn(self.staging_dir, self.batch_rows))
-        known = valid.pipeline | "KnownDays" >> beam.Create([(d, None) for d in self.days])
+        # No reshuffle of these few keys: the GroupByKey right after is the shuffle.
+        known = valid.pipeline | "KnownDays" >> beam.Create(
+            [(d, None) for d in self.days], reshuffle=False
+        )
         return (
             (staged, known)
             | "All" >> beam.Flatten()

@@ -23,9 +23,9 @@ never fails on old partitions; a backfill (a run over the whole history) fills t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -94,7 +94,14 @@ def replace_interval(
     written = 0
     day_col = pc.cast(table[EVENT_TS], pa.date32()) if table.num_rows else None
     for day in partition_dates(start, end):
-        new_rows = table.filter(pc.equal(day_col, pa.scalar(day, pa.date32()))) if day_col is not None else table.slice(0, 0)
+        if day_col is None:
+            new_rows = table.slice(0, 0)
+        else:
+            on_day = pc.equal(day_col, pa.scalar(day, pa.date32()))
+            # A batch job hands over one day at a time: all rows match, and filtering would
+            # only copy the table (the merge below sorts it into one chunk either way).
+            all_match = on_day.null_count == 0 and pc.all(on_day).as_py()
+            new_rows = table if all_match else table.filter(on_day)
         written += _rewrite_partition(offline_path, project, view, day, new_rows, start, end)
     return written
 

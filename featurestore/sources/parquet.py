@@ -1,8 +1,9 @@
 """Parquet sources: a file, a directory of them, a glob, or an object-store URL.
 
-One split per file, in sorted path order. The interval is pushed down as a dataset filter (row-
-group statistics) when the timestamp column is a timestamp; text times are filtered after
-parsing, in validation.
+One split per file, in sorted path order, read in record batches of ``batch_rows`` rows through a
+1 MiB read buffer, so memory does not follow the file's row-group size. The interval is pushed
+down when the timestamp column is a timestamp: row groups whose statistics lie outside it are
+skipped, the rest filtered row by row; text times are filtered after parsing, in validation.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import fnmatch
 import glob
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,9 @@ from featurestore.sources.base import Interval, with_ordinal
 from registry.errors import DataError, StoreUnavailableError
 
 _GLOB_CHARS = "*?["
+#: Bytes read at a time from a local file's column chunk (not the whole chunk at once).
+_READ_BUFFER = 1 << 20
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -113,37 +118,83 @@ class ParquetReader:
         return list(enumerate(self.files()))
 
     def read(self, split: tuple[int, str]) -> Iterator[pa.RecordBatch]:
-        import pyarrow.dataset as ds
+        import pyarrow.parquet as pq
 
         index, path = split
         fs, _, local = self._filesystem()
-        # Pre-buffering a whole file's column chunks and reading far ahead pays on object
-        # stores; on local disks it only multiplies the memory held per file.
-        file_format = ds.ParquetFileFormat(
-            default_fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=not local)
-        )
-        dataset = ds.dataset(path, filesystem=fs, format=file_format)
-        ts_type = dataset.schema.field(self.timestamp_field).type
-        offset = 0
-        for batch in dataset.to_batches(
-            columns=list(self.columns),
-            filter=self._filter(ts_type),
-            batch_size=self.batch_rows,
-            batch_readahead=1 if local else 4,
-            fragment_readahead=1,
-        ):
-            if batch.num_rows:
-                yield with_ordinal(batch, index, offset)
-                offset += batch.num_rows
+        # Read in batches of ``batch_rows`` through a small read buffer, not a row group at a
+        # time: a file written with row groups of a million rows would otherwise be decoded a
+        # row group at a time, so peak memory would follow the file's layout (issue 19).
+        # Pre-buffering column chunks pays on object stores, where a read is a request.
+        with fs.open_input_file(path) as source:
+            parquet = pq.ParquetFile(
+                source, buffer_size=0 if not local else _READ_BUFFER, pre_buffer=not local
+            )
+            ts_type = parquet.schema_arrow.field(self.timestamp_field).type
+            keep = self._row_filter(ts_type)
+            groups = self._row_groups(parquet.metadata, keep is not None)
+            if not groups:
+                return
+            offset = 0
+            for batch in parquet.iter_batches(
+                batch_size=self.batch_rows, row_groups=groups, columns=list(self.columns)
+            ):
+                if keep is not None:
+                    batch = batch.filter(keep(batch.column(self.timestamp_field)))
+                if batch.num_rows:
+                    yield with_ordinal(batch, index, offset)
+                    offset += batch.num_rows
 
-    def _filter(self, ts_type: pa.DataType) -> Any:
-        import pyarrow.dataset as ds
+    def _row_groups(self, metadata: Any, bounded: bool) -> list[int]:
+        """The row groups that may hold rows in the interval, by their statistics (all of them
+        when the interval is unbounded or a group has no statistics)."""
+        groups = list(range(metadata.num_row_groups))
+        if not bounded:
+            return groups
+        names = [metadata.schema.column(i).path for i in range(metadata.num_columns)]
+        if self.timestamp_field not in names:
+            return groups
+        column = names.index(self.timestamp_field)
+        start = _micros(self.interval.start)
+        end = _micros(self.interval.end)
+        out = []
+        for g in groups:
+            meta = metadata.row_group(g)
+            if not meta.num_rows:
+                continue
+            stats = meta.column(column).statistics
+            if stats is None or not stats.has_min_max or stats.null_count:
+                out.append(g)  # nulls pass the filter (validation rejects them with a reason)
+                continue
+            lo, hi = _micros(stats.min), _micros(stats.max)
+            if lo is None or hi is None or (hi >= start and lo < end):
+                out.append(g)
+        return out
+
+    def _row_filter(self, ts_type: pa.DataType) -> Callable[[pa.Array], pa.Array] | None:
+        """The interval as a row mask over the timestamp column: rows inside it, and rows with a
+        NULL time. None when nothing is filtered at the source (unbounded; text or dates)."""
+        import pyarrow.compute as pc
 
         if not self.interval.bounded or not pa.types.is_timestamp(ts_type):
             return None  # everything; or text or dates: filtered after parsing, in validation
         start, end = self.interval.start, self.interval.end
         if ts_type.tz is None:
             start, end = start.replace(tzinfo=None), end.replace(tzinfo=None)
-        field = ds.field(self.timestamp_field)
         lo, hi = pa.scalar(start, type=ts_type), pa.scalar(end, type=ts_type)
-        return field.is_null() | ((field >= lo) & (field < hi))
+
+        def keep(ts: pa.Array) -> pa.Array:
+            inside = pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi))
+            return pc.or_kleene(pc.is_null(ts), inside)
+
+        return keep
+
+
+def _micros(value: Any) -> int | None:
+    """A timestamp statistic or bound as microseconds since the epoch, for comparing row groups
+    with the interval (naive values are UTC, as the row filter takes them); None if unknown."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return (value - _EPOCH) // timedelta(microseconds=1)
+    return None

@@ -28,9 +28,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--fair", action="store_true",
-                        help="workers accept one connection per wake-up (the change proposed for serve: bench/fair_serve.py)")
     args = parser.parse_args()
-    fair = {"loop": "bench.fair_serve:FairAcceptLoop"} if args.fair and args.workers > 1 else {}
     raise SystemExit(serve("bench.bare_app:app", host="127.0.0.1", port=args.port, workers=args.workers,
-                           log_level="warning", access_log=False, **fair))
+                           log_level="warning", access_log=False))

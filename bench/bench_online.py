@@ -288,9 +288,8 @@ def issue19(redis_url: str, rounds: int, seconds: int) -> None:
     endpoint answering the same bytes (``bare_app`` with ``BARE_BODY``: the body ours gave for
     one entity), both served by ``serve_cmd.serve``. The four servers (ours and bare, 1 and 2
     workers) run at once; every round measures each in turn, the order rotated; figures are
-    medians over the rounds, ratios medians of the per-round ratios. Two more servers, ours and
-    bare with 2 workers and the accept change proposed for ``serve`` (``bench/fair_serve.py``),
-    are measured beside them."""
+    medians over the rounds, ratios medians of the per-round ratios. With 2 workers both accept
+    one connection per wake-up (``serve``'s ``uvicorn_nodelay.FairAcceptLoop``)."""
     import json
     import statistics
     import urllib.request
@@ -322,15 +321,6 @@ def issue19(redis_url: str, rounds: int, seconds: int) -> None:
             servers[f"bare{w}"] = (subprocess.Popen(
                 [sys.executable, "-m", "bench.bare_app", "--port", str(port), "--workers", str(w)],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port)
-        # Ours, 2 workers, with the accept change proposed for serve_cmd (bench/fair_serve.py).
-        port = free_port()
-        servers["prop2"] = (subprocess.Popen(
-            [sys.executable, "-m", "bench.fair_serve", "-r", str(root), "--port", str(port), "--workers", "2"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port)
-        port = free_port()
-        servers["bareprop2"] = (subprocess.Popen(
-            [sys.executable, "-m", "bench.bare_app", "--port", str(port), "--workers", "2", "--fair"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port)
         for proc, port in servers.values():
             wait_up(port, timeout=120)
         time.sleep(1.0)
@@ -377,14 +367,6 @@ def issue19(redis_url: str, rounds: int, seconds: int) -> None:
         print(f"  {w} worker(s): server CPU per request ours/bare {median_ratio(oc, bc):.2f} {round_ratios(oc, bc)}")
         print(goal_line(f"POST /features, 1 entity, {w} worker(s), -c32", f"bare FastAPI: {figure(bare)}",
                         figure(ours), ratio, "req/s >= 0.9x", ratio >= 0.9))
-    o, b = [m["rps"] for m in got["prop2"]], [m["rps"] for m in got["bareprop2"]]
-    print("  2 workers, both served with the accept change proposed for serve (bench/fair_serve.py):")
-    print(f"  ours {figure('prop2')}")
-    print(f"  bare {figure('bareprop2')}")
-    print(f"  ... req/s ours/bare {median_ratio(o, b):.2f} {round_ratios(o, b)}")
-    print(goal_line("POST /features, 1 entity, 2 workers, -c32, with the proposed serve change",
-                    f"bare FastAPI: {figure('bareprop2')}", figure("prop2"), median_ratio(o, b), "req/s >= 0.9x",
-                    median_ratio(o, b) >= 0.9))
 
 
 def main() -> None:

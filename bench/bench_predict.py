@@ -219,8 +219,8 @@ def _measured(pid: int, port: int, script: Path, seconds: int, connections: int)
 def issue19(redis_url: str, rounds: int, seconds: int) -> None:
     """Issue 19, row (a): ``POST /predict`` of 100 candidates against ``predict_reference_app``
     (FastAPI + redis.asyncio + numpy, the same scoring on the same keys), both served by
-    ``serve_cmd.serve``. All the servers (ours and the reference, 1 and 2 workers, and ours with
-    the changes proposed for ``serve`` and the prediction log, ``bench/fair_serve.py``) run at once and
+    ``serve_cmd.serve`` (with 2 workers each accepts one connection per wake-up,
+    ``uvicorn_nodelay.FairAcceptLoop``). All the servers (ours and the reference, 1 and 2 workers) run at once and
     every round measures each in turn, the order rotated, so load from elsewhere on the box
     falls on all of them; the figures are medians over the rounds, the ratios medians of the
     per-round ratios."""
@@ -246,17 +246,6 @@ def issue19(redis_url: str, rounds: int, seconds: int) -> None:
                     cmd = [sys.executable, "-m", "bench.predict_reference_app", "--port", str(port), "--workers", str(w)]
                 servers[f"{who}{w}"] = (subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                                          stderr=subprocess.DEVNULL), port)
-        # Ours with the changes proposed for serve_cmd and the prediction log (bench/fair_serve.py),
-        # and the reference with 2 workers served with the same accept change.
-        for w in (1, 2):
-            port = free_port()
-            servers[f"prop{w}"] = (subprocess.Popen(
-                [sys.executable, "-m", "bench.fair_serve", "-r", str(root), "--port", str(port), "--workers", str(w)],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port)
-        port = free_port()
-        servers["refprop2"] = (subprocess.Popen(
-            [sys.executable, "-m", "bench.predict_reference_app", "--port", str(port), "--workers", "2", "--fair"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port)
         for proc, port in servers.values():
             wait_up(port, timeout=120)  # four servers starting at once on a busy box
         time.sleep(1.0)
@@ -309,22 +298,6 @@ def issue19(redis_url: str, rounds: int, seconds: int) -> None:
                     f"ours, 1 worker: {med('ours1', 'rps'):,.0f} req/s",
                     f"ours, 2 workers: {med('ours2', 'rps'):,.0f} req/s, p99 {med('ours2', 'p99'):.1f} ms",
                     two, "2 workers faster than 1 (> 1.0x)", two > 1.0))
-    print("  with the changes proposed for serve_cmd (accept one connection per wake-up) and the")
-    print("  prediction log (linger 20 ms after a transaction that was not full): bench/fair_serve.py")
-    print(f"  2 worker(s): ref, same accept change {figure('refprop2')}")
-    for w, ref_name in ((1, "ref1"), (2, "refprop2")):
-        o, r = [m["rps"] for m in got[f"prop{w}"]], [m["rps"] for m in got[ref_name]]
-        print(f"  {w} worker(s): proposed {figure(f'prop{w}')}; req/s /ref {median_ratio(o, r):.2f} {round_ratios(o, r)}")
-        oc, rc = [m["cpu_per_k"] for m in got[f"prop{w}"]], [m["cpu_per_k"] for m in got[ref_name]]
-        print(f"  {w} worker(s): proposed, server CPU per request /ref {median_ratio(oc, rc):.2f} {round_ratios(oc, rc)}")
-        print(goal_line(f"POST /predict, 100 candidates, {w} worker(s), -c{connections}, with the proposed changes",
-                        f"FastAPI + redis.asyncio + numpy: {figure(ref_name)}", figure(f"prop{w}"),
-                        median_ratio(o, r), "req/s >= 0.8x", median_ratio(o, r) >= 0.8))
-    prop = median_ratio([m["rps"] for m in got["prop2"]], [m["rps"] for m in got["prop1"]])
-    print(goal_line(f"POST /predict, 100 candidates, 2 workers vs 1, -c{connections}, with the proposed changes",
-                    f"proposed, 1 worker: {med('prop1', 'rps'):,.0f} req/s",
-                    f"proposed, 2 workers: {med('prop2', 'rps'):,.0f} req/s, p99 {med('prop2', 'p99'):.1f} ms",
-                    prop, "2 workers faster than 1 (> 1.0x)", prop > 1.0))
 
 
 def main() -> None:

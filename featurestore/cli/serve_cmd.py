@@ -113,6 +113,11 @@ def serve(app: str, **options: Any) -> int:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from featurestore.cli.uvicorn_nodelay import FAIR_ACCEPT
+
+    if options.get("workers", 1) > 1 and FAIR_ACCEPT:
+        # Workers share the listening socket: each accepts one connection per wake-up.
+        options.setdefault("loop", "featurestore.cli.uvicorn_nodelay:FairAcceptLoop")
     config = nodelay_config(app, **options)
     server = uvicorn.Server(config=config)
     try:

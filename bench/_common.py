@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 import os
 import resource
 import statistics
@@ -236,3 +237,16 @@ def goal_line(
     """
     cells = [workload, reference, ours, f"{ratio:.2f}x", goal, "met" if met else "not met"]
     return "GOAL|" + "|".join(c.replace("|", "/") for c in cells)
+
+
+def stop_servers(procs: Iterable[subprocess.Popen]) -> None:
+    """Terminate every server process, then wait for each (killed after 15 s)."""
+    procs = list(procs)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -45,7 +45,7 @@ import numpy as np
 import pyarrow as pa
 
 import featurestore.feedback.service as feedback_module
-from bench._common import OUT, delete_redis_project, peak_rss_mb, percentile, run_wrk
+from bench._common import OUT, delete_redis_project, peak_rss_mb, percentile, run_wrk, stop_servers
 from bench.bench_online import free_port, wait_up
 from bench.bench_predict import DEFS
 from featurestore import FeatureStore
@@ -301,12 +301,7 @@ def http_cases(root: Path, registry: str, users: int, items: int, seconds: int, 
             out[size] = result
         out[0] = visibility(port, store, users)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_servers([proc])
     return out
 
 
@@ -413,12 +408,7 @@ def issue19(store: FeatureStore, root: Path, registry: str, users: int, items: i
                   f"(wrk {result['rps'] * size:,.0f}, p50 {result['p50']:.1f} ms)", flush=True)
         server_rss = tree_peak_rss_mb(proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_servers([proc])
         plain.close()
         log.close()
 

@@ -38,6 +38,7 @@ from bench._common import (  # noqa: E402
     round_ratios,
     row,
     run_wrk,
+    stop_servers,
     summary_ms,
     tree_cpu_seconds,
     tree_peak_rss_mb,
@@ -337,14 +338,7 @@ def issue19(redis_url: str, rounds: int, seconds: int) -> None:
                 got[name].append({**result, "cpu_ms": 1000 * used / (result["rps"] * seconds)})
         rss = {name: tree_peak_rss_mb(proc.pid) for name, (proc, _) in servers.items()}
     finally:
-        for proc, _ in servers.values():
-            proc.terminate()
-        for proc, _ in servers.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_servers(proc for proc, _ in servers.values())
         delete_redis_project(redis_url, project)
 
     def med(name: str, key: str) -> float:

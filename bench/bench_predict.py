@@ -44,6 +44,7 @@ from bench._common import (
     round_ratios,
     row,
     run_wrk,
+    stop_servers,
     summary_ms,
     tree_cpu_seconds,
     tree_peak_rss_mb,
@@ -200,12 +201,7 @@ def http_cases(
                     print(row("server CPU per 1,000 requests", ours["cpu_per_k"], ref["cpu_per_k"], "s"))
                     print(f"  /predict at {ratio:.2f}x the req/s of /features; server peak RSS {tree_peak_rss_mb(proc.pid):,.0f} MB")
         finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_servers([proc])
 
 
 def _measured(pid: int, port: int, script: Path, seconds: int, connections: int) -> dict[str, float]:
@@ -259,14 +255,7 @@ def issue19(redis_url: str, rounds: int, seconds: int) -> None:
                 got[name].append(_measured(proc.pid, port, script, seconds, connections))
         rss = {name: tree_peak_rss_mb(proc.pid) for name, (proc, _) in servers.items()}
     finally:
-        for proc, _ in servers.values():
-            proc.terminate()
-        for proc, _ in servers.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_servers(proc for proc, _ in servers.values())
         delete_redis_project(redis_url, project)
 
     def med(name: str, key: str) -> float:

@@ -130,6 +130,12 @@ class ParquetReader:
             parquet = pq.ParquetFile(
                 source, buffer_size=0 if not local else _READ_BUFFER, pre_buffer=not local
             )
+            # ``iter_batches`` leaves out a requested column the file lacks, where a dataset
+            # read refused it: refuse it here too (a file replaced since the run was planned).
+            missing = [c for c in self.columns if c not in parquet.schema_arrow.names]
+            if missing:
+                raise DataError(f"{path}: no column {', '.join(map(repr, missing))}",
+                                hint="the file changed since the run was planned; check the source and run again")
             ts_type = parquet.schema_arrow.field(self.timestamp_field).type
             keep = self._row_filter(ts_type)
             groups = self._row_groups(parquet.metadata, keep is not None)

@@ -105,3 +105,14 @@ def test_the_ipython_probe_answers_no_without_ipython_and_asks_beam_with_it(monk
     fake.get_ipython = lambda: asked.append(1) or object()  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "IPython", fake)
     assert beam_pipeline.is_in_ipython() is True and asked == [1]
+
+
+def test_a_file_without_a_requested_column_is_refused(tmp_path: Path) -> None:
+    from registry.errors import DataError
+
+    path = tmp_path / "f.parquet"
+    pq.write_table(pa.table({"ts": pa.array([1, 2], pa.timestamp("us", tz="UTC")), "x": [1.0, 2.0]}), path)
+    source = ParquetReader("src", str(path), str(tmp_path), ("ts", "x", "y"), "ts", Interval(None, None), 100)
+    with pytest.raises(DataError) as err:
+        list(source.read((0, str(path))))
+    assert "'y'" in err.value.message and err.value.hint

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 import os
 import resource
 import statistics
@@ -250,3 +250,13 @@ def stop_servers(procs: Iterable[subprocess.Popen]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def rotated_rounds(names: list[str], rounds: int, measure: Callable[[str], dict[str, float]]) -> dict[str, list[dict[str, float]]]:
+    """``measure(name)`` for every name, ``rounds`` times, the order rotated each round, so load
+    from elsewhere on the machine falls on every case alike: each name's results in order."""
+    got: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            got[name].append(measure(name))
+    return got

@@ -35,6 +35,7 @@ from bench._common import (  # noqa: E402
     delete_redis_project,
     goal_line,
     median_ratio,
+    rotated_rounds,
     round_ratios,
     row,
     run_wrk,
@@ -327,15 +328,15 @@ def issue19(redis_url: str, rounds: int, seconds: int) -> None:
         time.sleep(1.0)
         for proc, port in servers.values():
             wrk(port, script, 2)  # warm up
-        names = list(servers)
-        got: dict[str, list[dict[str, float]]] = {name: [] for name in names}
-        for r in range(rounds):
-            for name in names[r % len(names):] + names[: r % len(names)]:
-                proc, port = servers[name]
-                cpu = tree_cpu_seconds(proc.pid)
-                result = wrk(port, script, seconds)
-                used = tree_cpu_seconds(proc.pid) - cpu
-                got[name].append({**result, "cpu_ms": 1000 * used / (result["rps"] * seconds)})
+
+        def measure(name: str) -> dict[str, float]:
+            proc, port = servers[name]
+            cpu = tree_cpu_seconds(proc.pid)
+            result = wrk(port, script, seconds)
+            used = tree_cpu_seconds(proc.pid) - cpu
+            return {**result, "cpu_ms": 1000 * used / (result["rps"] * seconds)}
+
+        got = rotated_rounds(list(servers), rounds, measure)
         rss = {name: tree_peak_rss_mb(proc.pid) for name, (proc, _) in servers.items()}
     finally:
         stop_servers(proc for proc, _ in servers.values())

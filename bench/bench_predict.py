@@ -41,6 +41,7 @@ from bench._common import (
     delete_redis_project,
     goal_line,
     median_ratio,
+    rotated_rounds,
     round_ratios,
     row,
     run_wrk,
@@ -247,12 +248,9 @@ def issue19(redis_url: str, rounds: int, seconds: int) -> None:
         time.sleep(1.0)
         for proc, port in servers.values():
             run_wrk(port, script, 2, connections)  # warm: connections open, every item cached
-        names = list(servers)
-        got: dict[str, list[dict[str, float]]] = {name: [] for name in names}
-        for r in range(rounds):
-            for name in names[r % len(names):] + names[: r % len(names)]:
-                proc, port = servers[name]
-                got[name].append(_measured(proc.pid, port, script, seconds, connections))
+        got = rotated_rounds(
+            list(servers), rounds, lambda name: _measured(servers[name][0].pid, servers[name][1], script, seconds, connections)
+        )
         rss = {name: tree_peak_rss_mb(proc.pid) for name, (proc, _) in servers.items()}
     finally:
         stop_servers(proc for proc, _ in servers.values())
